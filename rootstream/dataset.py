@@ -1,0 +1,393 @@
+"""``RootIterableDataset``: ROOT files in, dicts of torch tensors out."""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import os
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from rootstream.errors import ChunkReadError
+from rootstream.preprocess import (
+    NORMALIZATIONS,
+    FeatureSpec,
+    Jagged,
+    Spec,
+    assemble,
+    normalization,
+)
+from rootstream.reader import EventReader, Split, TreeCache
+from rootstream.shuffle import balance_chunks, event_order, shard_chunks, split_windows
+from rootstream.stats import Stats, stats_of
+
+__all__ = ["DEFAULT_LENGTH_QUANTILE", "RootIterableDataset"]
+
+DEFAULT_LENGTH_QUANTILE = 0.95
+STATE_VERSION = 1
+Arrays = dict[str, np.ndarray]
+
+
+def shard_of_this_process() -> tuple[int, int]:
+    """``(shard, num_shards)``: this DataLoader worker of this torch.distributed rank."""
+    info = get_worker_info()
+    worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    else:
+        rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    return rank * num_workers + worker, world * num_workers
+
+
+class _SharedStats:
+    """Statistics computed once, on first use, from one reader; shared by split siblings."""
+
+    def __init__(self, reader: EventReader, given: Stats | str | os.PathLike | None) -> None:
+        self._reader = reader
+        self._value = given if given is None or isinstance(given, Stats) else Stats.load(given)
+        self.given = self._value is not None
+        if self.given:
+            self._value.check(reader.fingerprint(), reader.features)
+
+    def get(self) -> Stats:
+        if self._value is None:
+            self._value = stats_of(self._reader)
+        return self._value
+
+
+class RootIterableDataset(IterableDataset):
+    """Stream events of ROOT files (TTree or RNTuple) as dicts of tensors.
+
+    Args:
+        files: path, URL or glob, a list of them, or a dict ``{file_spec: label}``;
+            ``"file.root:tree"`` names the tree of one file.
+        features: branch names (taken literally) or uproot expressions. May be None when
+            ``groups`` lists them.
+        tree: the tree of file specs that name none.
+        label: branch or expression giving the label (instead of a files dict).
+        weight: branch or expression giving a per-event weight (``"w"``).
+        cut: selection expression; events failing it never appear.
+        max_length: padded length of jagged features: an int, or ``{name_or_glob: int}``.
+            Unset lengths are the 95% quantile of the feature's lengths in the statistics.
+        normalize: ``"standard"``, ``"minmax"`` or None.
+        stats: :class:`Stats`, path to a stats JSON, or None to compute them on first use
+            over all selected events (of the training part, after a split).
+        batch_size: None yields single events; an int yields whole batches.
+        shuffle: mix events across files and chunks; the order depends on (seed, epoch).
+        seed: the seed of shuffling.
+        step_size: read granularity: entries (int) or memory (``"100 MB"``).
+        on_error: ``"raise"`` or ``"skip"`` unreadable chunks (listed in ``skipped``).
+        groups: ``{group: [features]}``: one output tensor per group instead of ``"x"``.
+        drop_last: in batch mode, drop the last incomplete batch of each worker.
+        shuffle_chunks: how many chunks are read and mixed together when shuffling.
+        nonfinite: ``"raise"`` on NaN/inf in features, labels or weights, or a number
+            that replaces them.
+        task: ``"binary"``, ``"multiclass"`` or ``"regression"``; inferred when None.
+    """
+
+    def __init__(
+        self,
+        files: str | Sequence[str] | Mapping[str, Any],
+        features: Sequence[str] | None,
+        tree: str = "Events",
+        label: str | None = None,
+        weight: str | None = None,
+        cut: str | None = None,
+        max_length: int | Mapping[str, int] | None = None,
+        normalize: str | None = "standard",
+        stats: Stats | str | os.PathLike | None = None,
+        batch_size: int | None = None,
+        shuffle: bool = False,
+        seed: int = 0,
+        step_size: int | str = "100 MB",
+        on_error: str = "raise",
+        *,
+        groups: Mapping[str, Sequence[str]] | None = None,
+        drop_last: bool = False,
+        shuffle_chunks: int = 4,
+        nonfinite: str | float = "raise",
+        task: str | None = None,
+    ) -> None:
+        super().__init__()
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be None or positive, not {batch_size}")
+        features = _features_of(features, groups)
+        self._reader = EventReader(files, features, tree=tree, label=label, weight=weight,
+                                   cut=cut, step_size=step_size, nonfinite=nonfinite, task=task)
+        self._stats = _SharedStats(self._reader, stats)
+        self._groups = groups
+        self._max_length = max_length
+        if normalize not in NORMALIZATIONS:
+            raise ValueError(f"normalize must be one of {NORMALIZATIONS}, not {normalize!r}")
+        self.normalize = normalize
+        self.batch_size, self.drop_last = batch_size, drop_last
+        self.shuffle, self.seed, self.shuffle_chunks = shuffle, seed, shuffle_chunks
+        self.on_error = on_error
+        self.epoch = 0
+        self.skipped: list[dict[str, Any]] = []
+        self._spec: Spec | None = None
+        self._position = self._fresh_position(0, 1)
+        self._resume: dict[str, Any] | None = None
+
+    # ----------------------------------------------------------------- description
+    @property
+    def features(self) -> list[str]:
+        return self._reader.features
+
+    @property
+    def stats(self) -> Stats:
+        """The statistics in use (computed on first access when not given)."""
+        return self._stats.get()
+
+    @property
+    def spec(self) -> Spec:
+        """The preprocessing spec: feature order, padded lengths, normalization."""
+        if self._spec is None:
+            self._spec = self._build_spec()
+        return self._spec
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Names of the columns of ``"x"``: ``"MET_pt"``, ``"Jet_pt[0]"``, ..."""
+        return self.spec.feature_names
+
+    @property
+    def task(self) -> str | None:
+        return self._reader.task
+
+    @property
+    def label_names(self) -> list[str] | None:
+        return self._reader.label_names
+
+    @property
+    def num_entries(self) -> int:
+        """Entries of all trees before cut and split."""
+        return self._reader.num_entries
+
+    def _build_spec(self) -> Spec:
+        jagged = self._reader.jagged
+        needs_stats = self.normalize is not None or any(
+            jagged[f] and self._configured_length(f) is None for f in self.features)
+        stats = self.stats if needs_stats else None
+        specs = {f: self._feature_spec(f, stats) for f in self.features}
+        if self._groups is not None:
+            groups = tuple((g, tuple(names)) for g, names in self._groups.items())
+            return Spec(tuple(specs.values()), groups, self.normalize)
+        order = [f for f in self.features if not jagged[f]] + [f for f in self.features if jagged[f]]
+        return Spec(tuple(specs[f] for f in order), None, self.normalize)
+
+    def _configured_length(self, feature: str) -> int | None:
+        if isinstance(self._max_length, int):
+            return self._max_length
+        for pattern, length in (self._max_length or {}).items():
+            if pattern == feature or fnmatch.fnmatchcase(feature, pattern):
+                return length
+        return None
+
+    def _feature_spec(self, feature: str, stats: Stats | None) -> FeatureSpec:
+        length = None
+        if self._reader.jagged[feature]:
+            length = self._configured_length(feature)
+            if length is None:
+                length = max(1, stats.moments(feature).length_quantile(DEFAULT_LENGTH_QUANTILE))
+        if stats is None:
+            return FeatureSpec(feature, length)
+        m = stats.moments(feature)
+        center, scale = normalization(self.normalize, mean=m.mean, std=m.std,
+                                      minimum=m.min, maximum=m.max)
+        return FeatureSpec(feature, length, center, scale)
+
+    # ----------------------------------------------------------------- epochs, state, split
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order ``shuffle=True`` follows; restarts the stream."""
+        self.epoch = int(epoch)
+        self._resume = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """The position in the current epoch of this process's stream (see docs/dataset.md)."""
+        return {"version": STATE_VERSION, "seed": self.seed, **copy.deepcopy(self._position)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Resume: the next iteration yields exactly the rest of the saved stream."""
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"not a RootIterableDataset state (version {state.get('version')!r})")
+        if state["seed"] != self.seed:
+            raise ValueError(f"the state was saved with seed {state['seed']}, not {self.seed}")
+        self.epoch = state["epoch"]
+        self._resume = {k: copy.deepcopy(v) for k, v in state.items() if k not in ("version", "seed")}
+
+    def train_test_split(
+        self, test_size: float = 0.2, seed: int = 0
+    ) -> tuple[RootIterableDataset, RootIterableDataset]:
+        """Split the selected events into disjoint training and test datasets.
+
+        Each event's part is decided by a hash of (file, tree, entry, seed): it does not
+        change with epochs, workers or shuffling. Without given statistics, both parts
+        use statistics computed on the training part.
+        """
+        if not 0 < test_size < 1:
+            raise ValueError(f"test_size must be between 0 and 1, not {test_size}")
+        if self._reader.split is not None:
+            raise ValueError("this dataset is already one part of a split")
+        parts = [self._with_split(Split(test_size, seed, part)) for part in ("train", "test")]
+        shared = self._stats if self._stats.given else _SharedStats(parts[0]._reader, None)
+        for part in parts:
+            part._stats = shared
+        return parts[0], parts[1]
+
+    def _with_split(self, split: Split) -> RootIterableDataset:
+        part = copy.copy(self)
+        part._reader = copy.copy(self._reader)
+        part._reader.split = split
+        part._spec, part._resume, part.skipped = None, None, []
+        return part
+
+    # ----------------------------------------------------------------- iteration
+    @staticmethod
+    def _fresh_position(shard: int, num_shards: int, epoch: int = 0) -> dict[str, Any]:
+        return {"epoch": epoch, "shard": shard, "num_shards": num_shards,
+                "consumed": 0, "window_sizes": []}
+
+    def _start_position(self, shard: int, num_shards: int) -> dict[str, Any]:
+        resume, self._resume = self._resume, None
+        if resume is None:
+            return self._fresh_position(shard, num_shards, self.epoch)
+        if (resume["shard"], resume["num_shards"]) != (shard, num_shards):
+            raise ValueError(
+                f"the state belongs to shard {resume['shard']} of {resume['num_shards']}, but this "
+                f"stream is shard {shard} of {num_shards}; resume with the same number of "
+                "workers and ranks (see docs/dataset.md)")
+        return resume
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        spec = self.spec
+        shard, num_shards = shard_of_this_process()
+        self._position = self._start_position(shard, num_shards)
+        chunks = shard_chunks(balance_chunks(self._reader.chunks, num_shards), shard, num_shards,
+                              shuffle=self.shuffle, seed=self.seed, epoch=self.epoch)
+        windows = split_windows(chunks, self.shuffle_chunks if self.shuffle else 1)
+        stream = self._windows(spec, windows, shard)
+        if self.batch_size is None:
+            yield from self._events(stream)
+        else:
+            yield from self._batches(stream, self.batch_size)
+        self._report_skipped()
+
+    def _windows(self, spec: Spec, windows: list, shard: int) -> Iterator[tuple[Arrays, np.ndarray]]:
+        """Yield each window's arrays and the order of its events not yet consumed."""
+        sizes = self._position["window_sizes"]
+        done = 0
+        with TreeCache(self._reader.sources) as trees:
+            for index, window in enumerate(windows):
+                if index < len(sizes) and done + sizes[index] <= self._position["consumed"]:
+                    done += sizes[index]
+                    continue
+                arrays = self._read_window(spec, window, trees)
+                n = len(next(iter(arrays.values())))
+                if index == len(sizes):
+                    sizes.append(n)
+                order = event_order(n, shuffle=self.shuffle, seed=self.seed, epoch=self.epoch,
+                                    shard=shard, window=index)
+                order = np.arange(n) if order is None else order
+                skip = max(0, self._position["consumed"] - done)
+                done += n
+                yield arrays, order[skip:]
+
+    def _read_window(self, spec: Spec, window: list, trees: TreeCache) -> Arrays:
+        parts = []
+        for chunk in window:
+            try:
+                block = self._reader.read(chunk, trees)
+            except ChunkReadError as err:
+                if self.on_error == "raise":
+                    raise
+                source = self._reader.sources[chunk.source]
+                self.skipped.append({"file": source.path, "tree": source.tree, "entry_start":
+                                     chunk.start, "entry_stop": chunk.stop, "error": str(err)})
+                continue
+            arrays = assemble(spec, block.columns)
+            if block.y is not None:
+                arrays["y"] = block.y
+            if block.w is not None:
+                arrays["w"] = block.w
+            parts.append(arrays)
+        if not parts:
+            return _empty_arrays(spec, self._reader)
+        return parts[0] if len(parts) == 1 else {
+            k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def _events(self, stream: Iterator[tuple[Arrays, np.ndarray]]) -> Iterator[dict]:
+        for arrays, order in stream:
+            tensors = {k: torch.from_numpy(v) for k, v in arrays.items()}
+            for i in order.tolist():
+                self._position["consumed"] += 1
+                yield {k: t[i] for k, t in tensors.items()}
+
+    def _batches(self, stream: Iterator[tuple[Arrays, np.ndarray]], size: int) -> Iterator[dict]:
+        pending: list[Arrays] = []
+        num_pending = 0
+        for arrays, order in stream:
+            start = 0
+            while start < len(order):
+                take = min(size - num_pending, len(order) - start)
+                pending.append(_take(arrays, order[start:start + take], not self.shuffle))
+                num_pending += take
+                start += take
+                if num_pending == size:
+                    yield self._emit(pending, num_pending)
+                    pending, num_pending = [], 0
+        if pending and not self.drop_last:
+            yield self._emit(pending, num_pending)
+
+    def _emit(self, pending: list[Arrays], n: int) -> dict[str, torch.Tensor]:
+        self._position["consumed"] += n
+        batch = pending[0] if len(pending) == 1 else {
+            k: np.concatenate([p[k] for p in pending]) for k in pending[0]}
+        return {k: torch.from_numpy(v) for k, v in batch.items()}
+
+    def _report_skipped(self) -> None:
+        if self.skipped:
+            listed = "; ".join(f"{s['file']}:{s['tree']} entries {s['entry_start']}-"
+                               f"{s['entry_stop']}" for s in self.skipped)
+            warnings.warn(f"rootstream skipped {len(self.skipped)} unreadable chunk(s) "
+                          f"(see dataset.skipped): {listed}", RuntimeWarning, stacklevel=3)
+
+
+def _take(arrays: Arrays, index: np.ndarray, contiguous: bool) -> Arrays:
+    """Rows ``index`` of every array; a contiguous run is sliced without copying."""
+    if contiguous and len(index):
+        rows = slice(int(index[0]), int(index[-1]) + 1)
+        return {k: v[rows] for k, v in arrays.items()}
+    return {k: v[index] for k, v in arrays.items()}
+
+
+def _empty_arrays(spec: Spec, reader: EventReader) -> Arrays:
+    empty = {f: Jagged(np.zeros(1, np.int64), np.zeros(0)) if reader.jagged[f] else np.zeros(0)
+             for f in reader.features}
+    arrays = assemble(spec, empty)
+    if reader.task is not None:
+        arrays["y"] = np.zeros(0, np.int64 if reader.task == "multiclass" else np.float32)
+    if reader.weight is not None:
+        arrays["w"] = np.zeros(0, np.float32)
+    return arrays
+
+
+def _features_of(
+    features: Sequence[str] | None, groups: Mapping[str, Sequence[str]] | None
+) -> list[str]:
+    if groups is None:
+        if features is None:
+            raise TypeError("give features (or groups)")
+        return list(features) if not isinstance(features, str) else [features]
+    members = [f for names in groups.values() for f in names]
+    if features is not None and sorted(features) != sorted(members):
+        raise ValueError(f"groups must hold every feature exactly once: features {list(features)}, "
+                         f"groups {dict(groups)}")
+    return members

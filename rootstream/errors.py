@@ -1,0 +1,70 @@
+"""The exceptions rootstream raises.
+
+Each one subclasses the built-in exception a caller would naturally catch
+(``FileNotFoundError``, ``KeyError``, ``TypeError``, ``ValueError``), and its
+message names the file, tree, branch or entry at fault.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+__all__ = [
+    "BranchNotFoundError",
+    "ChunkReadError",
+    "InputFileNotFoundError",
+    "NonFiniteValueError",
+    "RootStreamError",
+    "StatsMismatchError",
+    "TreeNotFoundError",
+    "UnsupportedBranchError",
+]
+
+
+class RootStreamError(Exception):
+    """Base class of every rootstream error."""
+
+
+class InputFileNotFoundError(RootStreamError, FileNotFoundError):
+    """A file (or a glob) names no existing file."""
+
+
+class _KeyLookupError(RootStreamError, KeyError):
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0])
+
+
+class TreeNotFoundError(_KeyLookupError):
+    """A file has no tree of the requested name."""
+
+
+class BranchNotFoundError(_KeyLookupError):
+    """A tree has no branch of the requested name, and it is no valid expression either."""
+
+
+class UnsupportedBranchError(RootStreamError, TypeError):
+    """A branch has a type rootstream cannot turn into numbers (strings, objects, nested lists)."""
+
+
+class NonFiniteValueError(RootStreamError, ValueError):
+    """A feature holds NaN or infinity."""
+
+
+class StatsMismatchError(RootStreamError, ValueError):
+    """Statistics were computed on other data than the data they are applied to."""
+
+
+class ChunkReadError(RootStreamError, OSError):
+    """A chunk of a file could not be read or decoded."""
+
+
+def close_matches(name: str, choices: Iterable[str], n: int = 5) -> str:
+    """Return a short 'did you mean' phrase listing the choices nearest to ``name``."""
+    choices = list(choices)
+    near = difflib.get_close_matches(name, choices, n=n, cutoff=0.5)
+    if near:
+        return "did you mean " + ", ".join(repr(c) for c in near) + "?"
+    shown = ", ".join(repr(c) for c in choices[:10])
+    more = f" (and {len(choices) - 10} more)" if len(choices) > 10 else ""
+    return f"available: {shown}{more}" if choices else "it is empty"

@@ -1,0 +1,229 @@
+"""Preprocessing shared by training and serving: padding, masking, normalization.
+
+This module needs numpy only (no torch, no uproot, no awkward), so the inference
+server repeats exactly the transformation the model was trained with.
+
+A *column* is the numpy form of one feature over N events: a 1-D array for a
+flat feature, or a :class:`Jagged` pair of offsets and content for a
+variable-length one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import NamedTuple, Union
+
+import numpy as np
+
+__all__ = ["FeatureSpec", "Jagged", "Spec", "assemble", "normalization", "pad"]
+
+SPEC_VERSION = 1
+NORMALIZATIONS = ("standard", "minmax", None)
+
+
+class Jagged(NamedTuple):
+    """A variable-length feature: ``content[offsets[i]:offsets[i+1]]`` are event i's values."""
+
+    offsets: np.ndarray  # int64 [N + 1], offsets[0] == 0
+    content: np.ndarray  # [offsets[-1]]
+
+    @property
+    def counts(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+
+Column = Union[np.ndarray, Jagged]
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """How one feature becomes model input.
+
+    ``length`` is None for a flat feature, else the padded length of a jagged one.
+    The model sees ``(value - center) / scale``; padded slots hold 0.
+    """
+
+    name: str
+    length: int | None = None
+    center: float = 0.0
+    scale: float = 1.0
+
+    @property
+    def jagged(self) -> bool:
+        return self.length is not None
+
+    @property
+    def width(self) -> int:
+        return 1 if self.length is None else self.length
+
+    def column_names(self) -> list[str]:
+        if self.length is None:
+            return [self.name]
+        return [f"{self.name}[{i}]" for i in range(self.length)]
+
+
+@dataclass(frozen=True)
+class Spec:
+    """The whole input transformation of a model, in output order.
+
+    Without groups, ``features`` lists flat features first, then jagged ones.
+    With groups, each group is one output array named after it.
+    """
+
+    features: tuple[FeatureSpec, ...]
+    groups: tuple[tuple[str, tuple[str, ...]], ...] | None = None
+    normalize: str | None = "standard"
+
+    def __post_init__(self) -> None:
+        if self.normalize not in NORMALIZATIONS:
+            raise ValueError(f"normalize must be one of {NORMALIZATIONS}, not {self.normalize!r}")
+        for group, names in self.groups or ():
+            members = [self.feature(n) for n in names]
+            if len({m.length for m in members}) != 1:
+                lengths = {m.name: m.length for m in members}
+                raise ValueError(
+                    f"group {group!r} mixes features of different kinds or lengths: {lengths}; "
+                    "a group holds either flat features or jagged ones of one length"
+                )
+
+    def feature(self, name: str) -> FeatureSpec:
+        for f in self.features:
+            if f.name == name:
+                return f
+        raise KeyError(f"no feature {name!r} in the spec")
+
+    @property
+    def feature_names(self) -> list[str]:
+        """The names of the columns of ``x`` (flat mode)."""
+        return [c for f in self.features for c in f.column_names()]
+
+    @property
+    def has_jagged(self) -> bool:
+        return any(f.jagged for f in self.features)
+
+    def to_json(self) -> str:
+        return json.dumps({"version": SPEC_VERSION, **asdict(self)})
+
+    @classmethod
+    def from_json(cls, text: str) -> Spec:
+        data = json.loads(text)
+        if data.pop("version", None) != SPEC_VERSION:
+            raise ValueError(f"unsupported preprocessing spec version (expected {SPEC_VERSION})")
+        groups = data.get("groups")
+        return cls(
+            features=tuple(FeatureSpec(**f) for f in data["features"]),
+            groups=None if groups is None else tuple((g, tuple(n)) for g, n in groups),
+            normalize=data["normalize"],
+        )
+
+
+def normalization(
+    method: str | None, *, mean: float, std: float, minimum: float, maximum: float
+) -> tuple[float, float]:
+    """Return ``(center, scale)`` for a method; a constant feature gets scale 1, never 0."""
+    if method is None:
+        return 0.0, 1.0
+    if method == "standard":
+        center, scale = mean, std
+    elif method == "minmax":
+        center, scale = minimum, maximum - minimum
+    else:
+        raise ValueError(f"normalize must be one of {NORMALIZATIONS}, not {method!r}")
+    if not np.isfinite(scale) or scale <= 0:
+        scale = 1.0
+    return float(center), float(scale)
+
+
+def pad(
+    column: Jagged, length: int, *, center: float = 0.0, scale: float = 1.0,
+    out: np.ndarray | None = None, out_mask: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pad or truncate a jagged column to ``length`` and normalize the real values.
+
+    Truncation keeps the first ``length`` values of each event; padded slots hold 0.
+    ``out``/``out_mask`` may be (strided) views to write into.
+
+    Returns:
+        values: float32 ``[N, length]``; mask: bool ``[N, length]``, True where real.
+    """
+    n = len(column)
+    if out is None:
+        out = np.empty((n, length), dtype=np.float32)
+    if out_mask is None:
+        out_mask = np.empty((n, length), dtype=bool)
+    counts = np.minimum(column.counts, length)
+    np.less(np.arange(length), counts[:, None], out=out_mask)
+    out[...] = 0.0
+    if column.content.size:
+        index = column.offsets[:-1, None] + np.arange(length)
+        normalized = (column.content.astype(np.float32) - np.float32(center)) / np.float32(scale)
+        out[out_mask] = normalized[index[out_mask]]
+    return out, out_mask
+
+
+def _normalized_flat(column: np.ndarray, feature: FeatureSpec) -> np.ndarray:
+    return (column.astype(np.float32) - np.float32(feature.center)) / np.float32(feature.scale)
+
+
+def _num_events(columns: Mapping[str, Column]) -> int:
+    return len(next(iter(columns.values()))) if columns else 0
+
+
+def assemble(spec: Spec, columns: Mapping[str, Column]) -> dict[str, np.ndarray]:
+    """Turn raw columns into model inputs.
+
+    Returns:
+        Without groups: ``"x"`` float32 ``[N, F]`` and, when a feature is jagged,
+        ``"mask"`` bool ``[N, F]``. With groups: per flat group float32 ``[N, C]``;
+        per jagged group float32 ``[N, L, C]`` and ``"<group>_mask"`` bool ``[N, L]``.
+    """
+    n = _num_events(columns)
+    if spec.groups is None:
+        return _assemble_flat(spec.features, columns, n)
+    out: dict[str, np.ndarray] = {}
+    for group, names in spec.groups:
+        out.update(_assemble_group(group, [spec.feature(m) for m in names], columns, n))
+    return out
+
+
+def _assemble_flat(
+    features: Sequence[FeatureSpec], columns: Mapping[str, Column], n: int
+) -> dict[str, np.ndarray]:
+    width = sum(f.width for f in features)
+    x = np.empty((n, width), dtype=np.float32)
+    mask = np.ones((n, width), dtype=bool) if any(f.jagged for f in features) else None
+    col = 0
+    for f in features:
+        if f.jagged:
+            sl = slice(col, col + f.length)
+            pad(columns[f.name], f.length, center=f.center, scale=f.scale,
+                out=x[:, sl], out_mask=mask[:, sl])
+        else:
+            x[:, col] = _normalized_flat(columns[f.name], f)
+        col += f.width
+    return {"x": x} if mask is None else {"x": x, "mask": mask}
+
+
+def _assemble_group(
+    group: str, features: Sequence[FeatureSpec], columns: Mapping[str, Column], n: int
+) -> dict[str, np.ndarray]:
+    if not features[0].jagged:
+        return {group: _assemble_flat(features, columns, n)["x"]}
+    length = features[0].length
+    values = np.empty((n, length, len(features)), dtype=np.float32)
+    mask = np.empty((n, length), dtype=bool)
+    first = columns[features[0].name]
+    for c, f in enumerate(features):
+        column = columns[f.name]
+        if not np.array_equal(column.offsets, first.offsets):
+            raise ValueError(
+                f"group {group!r}: {f.name!r} and {features[0].name!r} have different numbers of "
+                "elements in some events; a group must hold branches of one collection"
+            )
+        pad(column, length, center=f.center, scale=f.scale, out=values[:, :, c], out_mask=mask)
+    return {group: values, f"{group}_mask": mask}

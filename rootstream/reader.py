@@ -1,0 +1,251 @@
+"""Reading the selected events of many sources, chunk by chunk, as numpy columns (no torch)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from rootstream.errors import ChunkReadError, NonFiniteValueError, RootStreamError
+from rootstream.preprocess import Column, Jagged
+from rootstream.shuffle import is_held_out
+from rootstream.sources import (
+    Chunk,
+    Source,
+    inspect_source,
+    open_tree,
+    parse_files,
+    plan_chunks,
+    probe_columns,
+    read_columns,
+)
+
+__all__ = ["Block", "EventReader", "Split", "TreeCache"]
+
+TASKS = ("binary", "multiclass", "regression")
+
+
+@dataclass(frozen=True)
+class Split:
+    """One part of a deterministic event-level split."""
+
+    test_size: float
+    seed: int
+    part: str  # "train" or "test"
+
+
+@dataclass
+class Block:
+    """The selected events of one chunk: feature columns, labels and weights."""
+
+    columns: dict[str, Column]
+    y: np.ndarray | None
+    w: np.ndarray | None
+
+    def __len__(self) -> int:
+        return len(next(iter(self.columns.values())))
+
+
+class TreeCache:
+    """Opens each source's tree on first use and closes them all on exit."""
+
+    def __init__(self, sources: Sequence[Source]) -> None:
+        self._sources = sources
+        self._trees: dict[int, Any] = {}
+
+    def get(self, index: int) -> Any:
+        if index not in self._trees:
+            self._trees[index] = open_tree(self._sources[index])
+        return self._trees[index]
+
+    def __enter__(self) -> TreeCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for tree in self._trees.values():
+            tree.file.close()
+        self._trees.clear()
+
+
+def _flat(column: Column, what: str) -> np.ndarray:
+    if isinstance(column, Jagged):
+        raise TypeError(f"the {what} must have one value per event, but it is variable-length")
+    return column
+
+
+def infer_task(labels: Sequence[Any] | None, label_column: Column | None) -> str | None:
+    """Guess the task from per-file labels or from the dtype of a label branch."""
+    if labels is not None:
+        values = set(labels)
+        if all(isinstance(v, str) for v in values):
+            return "multiclass"
+        if values <= {0, 1}:
+            return "binary"
+        if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
+            return "multiclass"
+        return "regression"
+    if label_column is None:
+        return None
+    dtype = _flat(label_column, "label").dtype
+    if dtype == np.bool_:
+        return "binary"
+    return "multiclass" if np.issubdtype(dtype, np.integer) else "regression"
+
+
+class EventReader:
+    """Knows the sources, their chunk plan, and how to read a chunk's selected events.
+
+    Opens every file once at construction to check trees and branches and to plan
+    chunks; ``read`` opens nothing itself (it takes trees from a :class:`TreeCache`).
+    """
+
+    def __init__(
+        self,
+        files: str | Sequence[str] | Mapping[str, Any],
+        features: Sequence[str],
+        *,
+        tree: str = "Events",
+        label: str | None = None,
+        weight: str | None = None,
+        cut: str | None = None,
+        step_size: int | str = "100 MB",
+        nonfinite: str | float = "raise",
+        task: str | None = None,
+        split: Split | None = None,
+    ) -> None:
+        if isinstance(features, str) or not features:
+            raise TypeError("features must be a non-empty list of branch names or expressions")
+        if len(set(features)) != len(features):
+            raise ValueError(f"features are listed twice: {sorted(f for f in features if features.count(f) > 1)}")
+        if isinstance(files, Mapping) and label is not None:
+            raise ValueError("give labels either as a files dict or as a label branch, not both")
+        if nonfinite != "raise" and not isinstance(nonfinite, (int, float)):
+            raise TypeError(f"nonfinite must be 'raise' or a number to replace with, not {nonfinite!r}")
+        self.sources = parse_files(files, tree)
+        self.features = list(features)
+        self.label, self.weight, self.cut = label, weight, cut
+        self.nonfinite = nonfinite
+        self.split = split
+        self.expressions = list(dict.fromkeys(e for e in [*features, label, weight, cut] if e))
+        probe, self.infos = self._inspect(step_size)
+        self.jagged = {f: isinstance(probe[f], Jagged) for f in features}
+        file_labels = [s.label for s in self.sources] if isinstance(files, Mapping) else None
+        self.task = task or infer_task(file_labels, probe.get(label) if label else None)
+        if self.task is not None and self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, not {self.task!r}")
+        self.label_names = _label_names(file_labels)
+        for what, expr in (("weight", weight), ("cut", cut), ("label", label)):
+            if expr:
+                _flat(probe[expr], f"{what} {expr!r}")
+        self.chunks = plan_chunks(self.infos)
+
+    def _inspect(self, step_size: int | str) -> tuple[dict[str, Column], list]:
+        infos, probe = [], None
+        for source in self.sources:
+            with TreeCache([source]) as trees:
+                tree = trees.get(0)
+                infos.append(inspect_source(tree, self.expressions, step_size))
+                if probe is None:
+                    probe = probe_columns(tree, self.expressions)
+        return probe, infos
+
+    @property
+    def num_entries(self) -> int:
+        return sum(info.num_entries for info in self.infos)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What identifies the selected events: files, trees, entries, features, cut, split."""
+        return {
+            "sources": [
+                {"file": s.path, "tree": s.tree, "uuid": i.uuid, "entries": i.num_entries}
+                for s, i in zip(self.sources, self.infos)
+            ],
+            "features": self.features,
+            "cut": self.cut,
+            "split": None if self.split is None else vars(self.split),
+        }
+
+    def read(self, chunk: Chunk, trees: TreeCache) -> Block:
+        """Read one chunk and keep the events that pass the cut and belong to the split part."""
+        source = self.sources[chunk.source]
+        try:
+            columns = read_columns(trees.get(chunk.source), self.expressions, chunk.start, chunk.stop)
+        except RootStreamError:
+            raise
+        except Exception as err:
+            raise ChunkReadError(
+                f"cannot read entries {chunk.start} to {chunk.stop} of {source}: "
+                f"{type(err).__name__}: {err}"
+            ) from err
+        entries = np.arange(chunk.start, chunk.stop)
+        keep = self._selection(source, columns, entries)
+        if keep is not None:
+            columns = {name: select(col, keep) for name, col in columns.items()}
+            entries = entries[keep]
+        for name in self.expressions:
+            if name != self.cut:
+                columns[name] = self._finite(columns[name], name, source, entries)
+        return Block(
+            columns={f: columns[f] for f in self.features},
+            y=self._labels(source, columns, len(entries)),
+            w=None if self.weight is None else columns[self.weight].astype(np.float32),
+        )
+
+    def _selection(
+        self, source: Source, columns: Mapping[str, Column], entries: np.ndarray
+    ) -> np.ndarray | None:
+        keep = None
+        if self.cut:
+            keep = np.asarray(columns[self.cut], dtype=bool)
+        if self.split is not None:
+            held_out = is_held_out(f"{self.infos[self.sources.index(source)].uuid}/{source.tree}",
+                                   entries, test_size=self.split.test_size, seed=self.split.seed)
+            part = held_out if self.split.part == "test" else ~held_out
+            keep = part if keep is None else keep & part
+        return keep
+
+    def _finite(self, column: Column, name: str, source: Source, entries: np.ndarray) -> Column:
+        values = column.content if isinstance(column, Jagged) else column
+        if not np.issubdtype(values.dtype, np.floating):
+            return column
+        bad = ~np.isfinite(values)
+        if not bad.any():
+            return column
+        if self.nonfinite == "raise":
+            first = int(np.argmax(bad))
+            event = first if not isinstance(column, Jagged) else int(
+                np.searchsorted(column.offsets, first, side="right") - 1)
+            raise NonFiniteValueError(
+                f"{source}: branch {name!r} holds {values[first]} at entry {entries[event]}; "
+                "pass nonfinite=<number> to replace NaN and infinities with that number"
+            )
+        values = np.where(bad, values.dtype.type(self.nonfinite), values)
+        return Jagged(column.offsets, values) if isinstance(column, Jagged) else values
+
+    def _labels(self, source: Source, columns: Mapping[str, Column], n: int) -> np.ndarray | None:
+        if self.task is None:
+            return None
+        dtype = np.int64 if self.task == "multiclass" else np.float32
+        if self.label is not None:
+            return np.asarray(columns[self.label]).astype(dtype)
+        value = self.label_names.index(source.label) if self.label_names else source.label
+        return np.full(n, value, dtype=dtype)
+
+
+def _label_names(labels: Sequence[Any] | None) -> list[str] | None:
+    if labels and all(isinstance(v, str) for v in labels):
+        return list(dict.fromkeys(labels))
+    return None
+
+
+def select(column: Column, keep: np.ndarray) -> Column:
+    """Keep the events where ``keep`` is True."""
+    if not isinstance(column, Jagged):
+        return column[keep]
+    counts = column.counts
+    content = column.content[np.repeat(keep, counts)]
+    offsets = np.zeros(int(keep.sum()) + 1, dtype=np.int64)
+    np.cumsum(counts[keep], out=offsets[1:])
+    return Jagged(offsets, content)

@@ -1,0 +1,282 @@
+"""Feature statistics: mergeable partial results, JSON files, and a fingerprint of the data."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from rootstream.errors import StatsMismatchError
+from rootstream.preprocess import Column, Jagged
+from rootstream.reader import EventReader, TreeCache
+
+__all__ = ["QUANTILES", "Stats", "compute_stats"]
+
+STATS_VERSION = 1
+QUANTILES = (0.5, 0.9, 0.95, 0.99, 1.0)
+
+
+@dataclass(frozen=True)
+class Moments:
+    """Running count, mean, sum of squared deviations, min and max of one feature.
+
+    For a jagged feature, ``lengths[k]`` counts the events with k elements.
+    """
+
+    count: int = 0
+    mean: float = 0.0
+    m2: float = 0.0
+    min: float = math.inf
+    max: float = -math.inf
+    lengths: tuple[int, ...] | None = None
+
+    @classmethod
+    def of(cls, column: Column) -> Moments:
+        values = column.content if isinstance(column, Jagged) else column
+        values = np.asarray(values, dtype=np.float64)
+        lengths = tuple(np.bincount(column.counts).tolist()) if isinstance(column, Jagged) else None
+        if values.size == 0:
+            return cls(lengths=lengths)
+        mean = float(values.mean())
+        return cls(
+            count=int(values.size),
+            mean=mean,
+            m2=float(np.square(values - mean).sum()),
+            min=float(values.min()),
+            max=float(values.max()),
+            lengths=lengths,
+        )
+
+    def merge(self, other: Moments) -> Moments:
+        """Combine two partial results (Chan et al.'s parallel variance)."""
+        count = self.count + other.count
+        if count == 0:
+            return replace(self, lengths=_add_histograms(self.lengths, other.lengths))
+        delta = other.mean - self.mean
+        return Moments(
+            count=count,
+            mean=self.mean + delta * other.count / count,
+            m2=self.m2 + other.m2 + delta * delta * self.count * other.count / count,
+            min=min(self.min, other.min),
+            max=max(self.max, other.max),
+            lengths=_add_histograms(self.lengths, other.lengths),
+        )
+
+    @property
+    def std(self) -> float:
+        return math.sqrt(self.m2 / self.count) if self.count else 0.0
+
+    def length_quantile(self, q: float) -> int:
+        counts = np.asarray(self.lengths or (1,))
+        cumulative = np.cumsum(counts) / counts.sum()
+        return int(np.searchsorted(cumulative, q - 1e-12))
+
+
+def _add_histograms(a: tuple[int, ...] | None, b: tuple[int, ...] | None) -> tuple[int, ...] | None:
+    if a is None or b is None:
+        return a if b is None else b
+    size = max(len(a), len(b))
+    return tuple(int(x) for x in np.pad(a, (0, size - len(a))) + np.pad(b, (0, size - len(b))))
+
+
+class Stats:
+    """Per-branch statistics of the selected events.
+
+    Mappings keyed by branch name: ``count``, ``mean``, ``std`` (population), ``min``,
+    ``max`` (over all elements of a jagged branch) and, for jagged branches,
+    ``length_quantiles`` (``{quantile: number of elements}``). ``fingerprint``
+    identifies the data they were computed on (files, trees, entries, features, cut).
+    """
+
+    def __init__(self, moments: Mapping[str, Moments], fingerprint: dict | None = None) -> None:
+        self._moments = dict(moments)
+        self.fingerprint = fingerprint
+
+    @classmethod
+    def of(cls, columns: Mapping[str, Column], fingerprint: dict | None = None) -> Stats:
+        """Statistics of one block of columns: a partial result to merge with others."""
+        return cls({name: Moments.of(col) for name, col in columns.items()}, fingerprint)
+
+    def merge(self, other: Stats) -> Stats:
+        """Combine partial results over disjoint events (same branches)."""
+        if self._moments.keys() != other._moments.keys():
+            raise ValueError("cannot merge statistics of different branches")
+        merged = {b: m.merge(other._moments[b]) for b, m in self._moments.items()}
+        return Stats(merged, self.fingerprint)
+
+    @classmethod
+    def merge_all(cls, parts: Iterable[Stats]) -> Stats:
+        parts = list(parts)
+        result = parts[0]
+        for part in parts[1:]:
+            result = result.merge(part)
+        return result
+
+    @property
+    def branches(self) -> list[str]:
+        return list(self._moments)
+
+    def _field(self, name: str) -> dict[str, Any]:
+        return {b: getattr(m, name) for b, m in self._moments.items()}
+
+    @property
+    def count(self) -> dict[str, int]:
+        return self._field("count")
+
+    @property
+    def mean(self) -> dict[str, float]:
+        return self._field("mean")
+
+    @property
+    def std(self) -> dict[str, float]:
+        return self._field("std")
+
+    @property
+    def min(self) -> dict[str, float]:
+        return self._field("min")
+
+    @property
+    def max(self) -> dict[str, float]:
+        return self._field("max")
+
+    @property
+    def length_quantiles(self) -> dict[str, dict[float, int]]:
+        return {
+            b: {q: m.length_quantile(q) for q in QUANTILES}
+            for b, m in self._moments.items()
+            if m.lengths is not None
+        }
+
+    def is_jagged(self, branch: str) -> bool:
+        return self.moments(branch).lengths is not None
+
+    def moments(self, branch: str) -> Moments:
+        try:
+            return self._moments[branch]
+        except KeyError:
+            raise StatsMismatchError(
+                f"the statistics hold no branch {branch!r} (they hold {self.branches})"
+            ) from None
+
+    def unbound(self) -> Stats:
+        """A copy without fingerprint, to apply these statistics to other data on purpose."""
+        return Stats(self._moments, None)
+
+    def check(self, fingerprint: dict, features: Iterable[str]) -> None:
+        """Raise :class:`StatsMismatchError` saying what differs from the data described."""
+        missing = [f for f in features if f not in self._moments]
+        if missing:
+            raise StatsMismatchError(f"the statistics hold no entry for {missing}")
+        if self.fingerprint is None:
+            return
+        problems = _fingerprint_differences(self.fingerprint, fingerprint)
+        if problems:
+            raise StatsMismatchError(
+                "these statistics were computed on other data: " + "; ".join(problems)
+                + ". Recompute them (rootstream.compute_stats), or pass stats.unbound() to "
+                "apply them to this data on purpose"
+            )
+
+    def save(self, path: str | os.PathLike) -> None:
+        data = {
+            "version": STATS_VERSION,
+            "fingerprint": self.fingerprint,
+            "branches": {b: _moments_to_json(m) for b, m in self._moments.items()},
+        }
+        tmp = f"{os.fspath(path)}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=1)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Stats:
+        with open(path) as f:
+            data = json.load(f)
+        if data.get("version") != STATS_VERSION:
+            raise ValueError(f"{os.fspath(path)!r} is no rootstream statistics file "
+                             f"(version {data.get('version')!r}, expected {STATS_VERSION})")
+        moments = {b: _moments_from_json(m) for b, m in data["branches"].items()}
+        return cls(moments, data["fingerprint"])
+
+    def __repr__(self) -> str:
+        return f"Stats(branches={self.branches})"
+
+
+def _moments_to_json(m: Moments) -> dict[str, Any]:
+    empty = m.count == 0
+    return {
+        "count": m.count, "mean": m.mean, "m2": m.m2,
+        "min": None if empty else m.min, "max": None if empty else m.max,
+        "lengths": None if m.lengths is None else list(m.lengths),
+    }
+
+
+def _moments_from_json(d: dict[str, Any]) -> Moments:
+    return Moments(
+        count=d["count"], mean=d["mean"], m2=d["m2"],
+        min=math.inf if d["min"] is None else d["min"],
+        max=-math.inf if d["max"] is None else d["max"],
+        lengths=None if d["lengths"] is None else tuple(d["lengths"]),
+    )
+
+
+def _fingerprint_differences(expected: dict, actual: dict) -> list[str]:
+    problems = []
+    for key in ("cut", "split"):
+        if expected.get(key) != actual.get(key):
+            problems.append(f"{key} was {expected.get(key)!r}, is now {actual.get(key)!r}")
+    theirs = {(s["uuid"], s["tree"]): s for s in expected["sources"]}
+    ours = {(s["uuid"], s["tree"]): s for s in actual["sources"]}
+    for key in ours.keys() - theirs.keys():
+        problems.append(f"{ours[key]['file']}:{key[1]} was not part of them")
+    for key in theirs.keys() - ours.keys():
+        problems.append(f"{theirs[key]['file']}:{key[1]} was part of them but is not here")
+    for key in ours.keys() & theirs.keys():
+        if ours[key]["entries"] != theirs[key]["entries"]:
+            problems.append(f"{ours[key]['file']}:{key[1]} had {theirs[key]['entries']} entries, "
+                            f"has {ours[key]['entries']} now")
+    return problems
+
+
+def stats_of(reader: EventReader, *, progress: bool | None = None) -> Stats:
+    """One pass over every selected event of a reader (a progress bar on a terminal)."""
+    parts = [Stats.of({f: _empty_like(reader.jagged[f]) for f in reader.features})]
+    with TreeCache(reader.sources) as trees, tqdm(
+        total=reader.num_entries, unit=" events", desc="statistics",
+        disable=None if progress is None else not progress, leave=False,
+    ) as bar:
+        for chunk in reader.chunks:
+            parts.append(Stats.of(reader.read(chunk, trees).columns))
+            bar.update(chunk.num_entries)
+    return Stats(Stats.merge_all(parts)._moments, reader.fingerprint())
+
+
+def _empty_like(jagged: bool) -> Column:
+    empty = np.zeros(0, dtype=np.float64)
+    return Jagged(np.zeros(1, dtype=np.int64), empty) if jagged else empty
+
+
+def compute_stats(
+    files: str | Sequence[str] | Mapping[str, Any],
+    features: Sequence[str],
+    *,
+    tree: str = "Events",
+    cut: str | None = None,
+    step_size: int | str = "100 MB",
+    nonfinite: str | float = "raise",
+    progress: bool | None = None,
+) -> Stats:
+    """Compute the statistics of ``features`` over every event of ``files`` passing ``cut``.
+
+    Arguments mean what they mean for :class:`rootstream.RootIterableDataset`.
+    ``progress=None`` shows a progress bar only on a terminal.
+    """
+    reader = EventReader(files, features, tree=tree, cut=cut, step_size=step_size,
+                         nonfinite=nonfinite)
+    return stats_of(reader, progress=progress)
