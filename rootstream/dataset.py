@@ -119,8 +119,17 @@ class RootIterableDataset(IterableDataset):
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be None or positive, not {batch_size}")
         features = _features_of(features, groups)
-        self._reader = EventReader(files, features, tree=tree, label=label, weight=weight,
-                                   cut=cut, step_size=step_size, nonfinite=nonfinite, task=task)
+        self._reader = EventReader(
+            files,
+            features,
+            tree=tree,
+            label=label,
+            weight=weight,
+            cut=cut,
+            step_size=step_size,
+            nonfinite=nonfinite,
+            task=task,
+        )
         self._stats = _SharedStats(self._reader, stats)
         self._groups = groups
         self._max_length = max_length
@@ -174,13 +183,16 @@ class RootIterableDataset(IterableDataset):
     def _build_spec(self) -> Spec:
         jagged = self._reader.jagged
         needs_stats = self.normalize is not None or any(
-            jagged[f] and self._configured_length(f) is None for f in self.features)
+            jagged[f] and self._configured_length(f) is None for f in self.features
+        )
         stats = self.stats if needs_stats else None
         specs = {f: self._feature_spec(f, stats) for f in self.features}
         if self._groups is not None:
             groups = tuple((g, tuple(names)) for g, names in self._groups.items())
             return Spec(tuple(specs.values()), groups, self.normalize)
-        order = [f for f in self.features if not jagged[f]] + [f for f in self.features if jagged[f]]
+        order = [f for f in self.features if not jagged[f]] + [
+            f for f in self.features if jagged[f]
+        ]
         return Spec(tuple(specs[f] for f in order), None, self.normalize)
 
     def _configured_length(self, feature: str) -> int | None:
@@ -200,8 +212,9 @@ class RootIterableDataset(IterableDataset):
         if stats is None:
             return FeatureSpec(feature, length)
         m = stats.moments(feature)
-        center, scale = normalization(self.normalize, mean=m.mean, std=m.std,
-                                      minimum=m.min, maximum=m.max)
+        center, scale = normalization(
+            self.normalize, mean=m.mean, std=m.std, minimum=m.min, maximum=m.max
+        )
         return FeatureSpec(feature, length, center, scale)
 
     # ----------------------------------------------------------------- epochs, state, split
@@ -221,7 +234,9 @@ class RootIterableDataset(IterableDataset):
         if state["seed"] != self.seed:
             raise ValueError(f"the state was saved with seed {state['seed']}, not {self.seed}")
         self.epoch = state["epoch"]
-        self._resume = {k: copy.deepcopy(v) for k, v in state.items() if k not in ("version", "seed")}
+        self._resume = {
+            k: copy.deepcopy(v) for k, v in state.items() if k not in ("version", "seed")
+        }
 
     def train_test_split(
         self, test_size: float = 0.2, seed: int = 0
@@ -252,8 +267,13 @@ class RootIterableDataset(IterableDataset):
     # ----------------------------------------------------------------- iteration
     @staticmethod
     def _fresh_position(shard: int, num_shards: int, epoch: int = 0) -> dict[str, Any]:
-        return {"epoch": epoch, "shard": shard, "num_shards": num_shards,
-                "consumed": 0, "window_sizes": []}
+        return {
+            "epoch": epoch,
+            "shard": shard,
+            "num_shards": num_shards,
+            "consumed": 0,
+            "window_sizes": [],
+        }
 
     def _start_position(self, shard: int, num_shards: int) -> dict[str, Any]:
         resume, self._resume = self._resume, None
@@ -263,15 +283,22 @@ class RootIterableDataset(IterableDataset):
             raise ValueError(
                 f"the state belongs to shard {resume['shard']} of {resume['num_shards']}, but this "
                 f"stream is shard {shard} of {num_shards}; resume with the same number of "
-                "workers and ranks (see docs/dataset.md)")
+                "workers and ranks (see docs/dataset.md)"
+            )
         return resume
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         spec = self.spec
         shard, num_shards = shard_of_this_process()
         self._position = self._start_position(shard, num_shards)
-        chunks = shard_chunks(balance_chunks(self._reader.chunks, num_shards), shard, num_shards,
-                              shuffle=self.shuffle, seed=self.seed, epoch=self.epoch)
+        chunks = shard_chunks(
+            balance_chunks(self._reader.chunks, num_shards),
+            shard,
+            num_shards,
+            shuffle=self.shuffle,
+            seed=self.seed,
+            epoch=self.epoch,
+        )
         windows = split_windows(chunks, self.shuffle_chunks if self.shuffle else 1)
         stream = self._windows(spec, windows, shard)
         if self.batch_size is None:
@@ -280,7 +307,9 @@ class RootIterableDataset(IterableDataset):
             yield from self._batches(stream, self.batch_size)
         self._report_skipped()
 
-    def _windows(self, spec: Spec, windows: list, shard: int) -> Iterator[tuple[Arrays, np.ndarray]]:
+    def _windows(
+        self, spec: Spec, windows: list, shard: int
+    ) -> Iterator[tuple[Arrays, np.ndarray]]:
         """Yield each window's arrays and the order of its events not yet consumed."""
         sizes = self._position["window_sizes"]
         done = 0
@@ -293,8 +322,14 @@ class RootIterableDataset(IterableDataset):
                 n = len(next(iter(arrays.values())))
                 if index == len(sizes):
                     sizes.append(n)
-                order = event_order(n, shuffle=self.shuffle, seed=self.seed, epoch=self.epoch,
-                                    shard=shard, window=index)
+                order = event_order(
+                    n,
+                    shuffle=self.shuffle,
+                    seed=self.seed,
+                    epoch=self.epoch,
+                    shard=shard,
+                    window=index,
+                )
                 order = np.arange(n) if order is None else order
                 skip = max(0, self._position["consumed"] - done)
                 done += n
@@ -309,8 +344,15 @@ class RootIterableDataset(IterableDataset):
                 if self.on_error == "raise":
                     raise
                 source = self._reader.sources[chunk.source]
-                self.skipped.append({"file": source.path, "tree": source.tree, "entry_start":
-                                     chunk.start, "entry_stop": chunk.stop, "error": str(err)})
+                self.skipped.append(
+                    {
+                        "file": source.path,
+                        "tree": source.tree,
+                        "entry_start": chunk.start,
+                        "entry_stop": chunk.stop,
+                        "error": str(err),
+                    }
+                )
                 continue
             arrays = assemble(spec, block.columns)
             if block.y is not None:
@@ -320,8 +362,11 @@ class RootIterableDataset(IterableDataset):
             parts.append(arrays)
         if not parts:
             return _empty_arrays(spec, self._reader)
-        return parts[0] if len(parts) == 1 else {
-            k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        return (
+            parts[0]
+            if len(parts) == 1
+            else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        )
 
     def _events(self, stream: Iterator[tuple[Arrays, np.ndarray]]) -> Iterator[dict]:
         for arrays, order in stream:
@@ -337,7 +382,7 @@ class RootIterableDataset(IterableDataset):
             start = 0
             while start < len(order):
                 take = min(size - num_pending, len(order) - start)
-                pending.append(_take(arrays, order[start:start + take], not self.shuffle))
+                pending.append(_take(arrays, order[start : start + take], not self.shuffle))
                 num_pending += take
                 start += take
                 if num_pending == size:
@@ -348,16 +393,25 @@ class RootIterableDataset(IterableDataset):
 
     def _emit(self, pending: list[Arrays], n: int) -> dict[str, torch.Tensor]:
         self._position["consumed"] += n
-        batch = pending[0] if len(pending) == 1 else {
-            k: np.concatenate([p[k] for p in pending]) for k in pending[0]}
+        batch = (
+            pending[0]
+            if len(pending) == 1
+            else {k: np.concatenate([p[k] for p in pending]) for k in pending[0]}
+        )
         return {k: torch.from_numpy(v) for k, v in batch.items()}
 
     def _report_skipped(self) -> None:
         if self.skipped:
-            listed = "; ".join(f"{s['file']}:{s['tree']} entries {s['entry_start']}-"
-                               f"{s['entry_stop']}" for s in self.skipped)
-            warnings.warn(f"rootstream skipped {len(self.skipped)} unreadable chunk(s) "
-                          f"(see dataset.skipped): {listed}", RuntimeWarning, stacklevel=3)
+            listed = "; ".join(
+                f"{s['file']}:{s['tree']} entries {s['entry_start']}-{s['entry_stop']}"
+                for s in self.skipped
+            )
+            warnings.warn(
+                f"rootstream skipped {len(self.skipped)} unreadable chunk(s) "
+                f"(see dataset.skipped): {listed}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
 
 def _take(arrays: Arrays, index: np.ndarray, contiguous: bool) -> Arrays:
@@ -369,8 +423,10 @@ def _take(arrays: Arrays, index: np.ndarray, contiguous: bool) -> Arrays:
 
 
 def _empty_arrays(spec: Spec, reader: EventReader) -> Arrays:
-    empty = {f: Jagged(np.zeros(1, np.int64), np.zeros(0)) if reader.jagged[f] else np.zeros(0)
-             for f in reader.features}
+    empty = {
+        f: Jagged(np.zeros(1, np.int64), np.zeros(0)) if reader.jagged[f] else np.zeros(0)
+        for f in reader.features
+    }
     arrays = assemble(spec, empty)
     if reader.task is not None:
         arrays["y"] = np.zeros(0, np.int64 if reader.task == "multiclass" else np.float32)
@@ -388,6 +444,8 @@ def _features_of(
         return list(features) if not isinstance(features, str) else [features]
     members = [f for names in groups.values() for f in names]
     if features is not None and sorted(features) != sorted(members):
-        raise ValueError(f"groups must hold every feature exactly once: features {list(features)}, "
-                         f"groups {dict(groups)}")
+        raise ValueError(
+            f"groups must hold every feature exactly once: features {list(features)}, "
+            f"groups {dict(groups)}"
+        )
     return members

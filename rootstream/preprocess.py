@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import NamedTuple, Union
+from typing import NamedTuple
 
 import numpy as np
 
@@ -37,7 +37,7 @@ class Jagged(NamedTuple):
         return len(self.offsets) - 1
 
 
-Column = Union[np.ndarray, Jagged]
+Column = np.ndarray | Jagged
 
 
 @dataclass(frozen=True)
@@ -140,8 +140,13 @@ def normalization(
 
 
 def pad(
-    column: Jagged, length: int, *, center: float = 0.0, scale: float = 1.0,
-    out: np.ndarray | None = None, out_mask: np.ndarray | None = None,
+    column: Jagged,
+    length: int,
+    *,
+    center: float = 0.0,
+    scale: float = 1.0,
+    out: np.ndarray | None = None,
+    out_mask: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pad or truncate a jagged column to ``length`` and normalize the real values.
 
@@ -161,13 +166,15 @@ def pad(
     out[...] = 0.0
     if column.content.size:
         index = column.offsets[:-1, None] + np.arange(length)
-        normalized = (column.content.astype(np.float32) - np.float32(center)) / np.float32(scale)
-        out[out_mask] = normalized[index[out_mask]]
+        out[out_mask] = _normalized(column.content, center, scale)[index[out_mask]]
     return out, out_mask
 
 
-def _normalized_flat(column: np.ndarray, feature: FeatureSpec) -> np.ndarray:
-    return (column.astype(np.float32) - np.float32(feature.center)) / np.float32(feature.scale)
+def _normalized(values: np.ndarray, center: float, scale: float) -> np.ndarray:
+    """``(values - center) / scale`` in float32, computed at the precision of ``values``."""
+    if values.dtype == np.float32:
+        return (values - np.float32(center)) / np.float32(scale)
+    return ((values.astype(np.float64) - center) / scale).astype(np.float32)
 
 
 def _num_events(columns: Mapping[str, Column]) -> int:
@@ -201,10 +208,16 @@ def _assemble_flat(
     for f in features:
         if f.jagged:
             sl = slice(col, col + f.length)
-            pad(columns[f.name], f.length, center=f.center, scale=f.scale,
-                out=x[:, sl], out_mask=mask[:, sl])
+            pad(
+                columns[f.name],
+                f.length,
+                center=f.center,
+                scale=f.scale,
+                out=x[:, sl],
+                out_mask=mask[:, sl],
+            )
         else:
-            x[:, col] = _normalized_flat(columns[f.name], f)
+            x[:, col] = _normalized(columns[f.name], f.center, f.scale)
         col += f.width
     return {"x": x} if mask is None else {"x": x, "mask": mask}
 

@@ -118,11 +118,15 @@ class EventReader:
         if isinstance(features, str) or not features:
             raise TypeError("features must be a non-empty list of branch names or expressions")
         if len(set(features)) != len(features):
-            raise ValueError(f"features are listed twice: {sorted(f for f in features if features.count(f) > 1)}")
+            raise ValueError(
+                f"features are listed twice: {sorted(f for f in features if features.count(f) > 1)}"
+            )
         if isinstance(files, Mapping) and label is not None:
             raise ValueError("give labels either as a files dict or as a label branch, not both")
         if nonfinite != "raise" and not isinstance(nonfinite, (int, float)):
-            raise TypeError(f"nonfinite must be 'raise' or a number to replace with, not {nonfinite!r}")
+            raise TypeError(
+                f"nonfinite must be 'raise' or a number to replace with, not {nonfinite!r}"
+            )
         self.sources = parse_files(files, tree)
         self.features = list(features)
         self.label, self.weight, self.cut = label, weight, cut
@@ -160,7 +164,7 @@ class EventReader:
         return {
             "sources": [
                 {"file": s.path, "tree": s.tree, "uuid": i.uuid, "entries": i.num_entries}
-                for s, i in zip(self.sources, self.infos)
+                for s, i in zip(self.sources, self.infos, strict=False)
             ],
             "features": self.features,
             "cut": self.cut,
@@ -171,7 +175,9 @@ class EventReader:
         """Read one chunk and keep the events that pass the cut and belong to the split part."""
         source = self.sources[chunk.source]
         try:
-            columns = read_columns(trees.get(chunk.source), self.expressions, chunk.start, chunk.stop)
+            columns = read_columns(
+                trees.get(chunk.source), self.expressions, chunk.start, chunk.stop
+            )
         except RootStreamError:
             raise
         except Exception as err:
@@ -200,8 +206,12 @@ class EventReader:
         if self.cut:
             keep = np.asarray(columns[self.cut], dtype=bool)
         if self.split is not None:
-            held_out = is_held_out(f"{self.infos[self.sources.index(source)].uuid}/{source.tree}",
-                                   entries, test_size=self.split.test_size, seed=self.split.seed)
+            held_out = is_held_out(
+                f"{self.infos[self.sources.index(source)].uuid}/{source.tree}",
+                entries,
+                test_size=self.split.test_size,
+                seed=self.split.seed,
+            )
             part = held_out if self.split.part == "test" else ~held_out
             keep = part if keep is None else keep & part
         return keep
@@ -215,8 +225,11 @@ class EventReader:
             return column
         if self.nonfinite == "raise":
             first = int(np.argmax(bad))
-            event = first if not isinstance(column, Jagged) else int(
-                np.searchsorted(column.offsets, first, side="right") - 1)
+            event = (
+                first
+                if not isinstance(column, Jagged)
+                else int(np.searchsorted(column.offsets, first, side="right") - 1)
+            )
             raise NonFiniteValueError(
                 f"{source}: branch {name!r} holds {values[first]} at entry {entries[event]}; "
                 "pass nonfinite=<number> to replace NaN and infinities with that number"

@@ -30,7 +30,10 @@ def balance_chunks(chunks: Sequence[Chunk], num_shards: int) -> list[Chunk]:
             break
         c = chunks.pop(largest)
         middle = (c.start + c.stop) // 2
-        chunks[largest:largest] = [Chunk(c.source, c.start, middle), Chunk(c.source, middle, c.stop)]
+        chunks[largest:largest] = [
+            Chunk(c.source, c.start, middle),
+            Chunk(c.source, middle, c.stop),
+        ]
     return chunks
 
 
@@ -48,7 +51,7 @@ def shard_chunks(
 
 def split_windows(chunks: Sequence[Chunk], size: int) -> list[list[Chunk]]:
     """Group consecutive chunks into shuffle windows of ``size`` chunks."""
-    return [list(chunks[i:i + size]) for i in range(0, len(chunks), size)]
+    return [list(chunks[i : i + size]) for i in range(0, len(chunks), size)]
 
 
 def event_order(

@@ -230,12 +230,11 @@ def plan_chunks(infos: Sequence[SourceInfo]) -> list[Chunk]:
     return chunks
 
 
-def read_columns(
-    tree: Any, expressions: Sequence[str], start: int, stop: int
-) -> dict[str, Column]:
+def read_columns(tree: Any, expressions: Sequence[str], start: int, stop: int) -> dict[str, Column]:
     """Read entries ``[start, stop)`` of the expressions as numpy columns."""
-    arrays = tree.arrays(list(dict.fromkeys(expressions)), entry_start=start, entry_stop=stop,
-                         library="ak")
+    arrays = tree.arrays(
+        list(dict.fromkeys(expressions)), entry_start=start, entry_stop=stop, library="ak"
+    )
     where = tree_location(tree)
     return {expr: to_column(arrays[expr], f"{expr!r} in {where!r}") for expr in expressions}
 
@@ -251,7 +250,7 @@ def to_column(array: ak.Array, name: str) -> Column:
         return np.asarray(layout.data)
     if isinstance(layout, ak.contents.ListOffsetArray) and _is_numbers(layout.content):
         offsets = np.asarray(layout.offsets.data, dtype=np.int64)
-        content = np.asarray(layout.content.data)[offsets[0]:offsets[-1]]
+        content = np.asarray(layout.content.data)[offsets[0] : offsets[-1]]
         return Jagged(offsets - offsets[0], content)
     raise UnsupportedBranchError(
         f"branch {name} has type {array.type.content}, which cannot be turned into numbers: "

@@ -178,7 +178,8 @@ class Stats:
         problems = _fingerprint_differences(self.fingerprint, fingerprint)
         if problems:
             raise StatsMismatchError(
-                "these statistics were computed on other data: " + "; ".join(problems)
+                "these statistics were computed on other data: "
+                + "; ".join(problems)
                 + ". Recompute them (rootstream.compute_stats), or pass stats.unbound() to "
                 "apply them to this data on purpose"
             )
@@ -199,8 +200,10 @@ class Stats:
         with open(path) as f:
             data = json.load(f)
         if data.get("version") != STATS_VERSION:
-            raise ValueError(f"{os.fspath(path)!r} is no rootstream statistics file "
-                             f"(version {data.get('version')!r}, expected {STATS_VERSION})")
+            raise ValueError(
+                f"{os.fspath(path)!r} is no rootstream statistics file "
+                f"(version {data.get('version')!r}, expected {STATS_VERSION})"
+            )
         moments = {b: _moments_from_json(m) for b, m in data["branches"].items()}
         return cls(moments, data["fingerprint"])
 
@@ -211,15 +214,20 @@ class Stats:
 def _moments_to_json(m: Moments) -> dict[str, Any]:
     empty = m.count == 0
     return {
-        "count": m.count, "mean": m.mean, "m2": m.m2,
-        "min": None if empty else m.min, "max": None if empty else m.max,
+        "count": m.count,
+        "mean": m.mean,
+        "m2": m.m2,
+        "min": None if empty else m.min,
+        "max": None if empty else m.max,
         "lengths": None if m.lengths is None else list(m.lengths),
     }
 
 
 def _moments_from_json(d: dict[str, Any]) -> Moments:
     return Moments(
-        count=d["count"], mean=d["mean"], m2=d["m2"],
+        count=d["count"],
+        mean=d["mean"],
+        m2=d["m2"],
         min=math.inf if d["min"] is None else d["min"],
         max=-math.inf if d["max"] is None else d["max"],
         lengths=None if d["lengths"] is None else tuple(d["lengths"]),
@@ -239,18 +247,26 @@ def _fingerprint_differences(expected: dict, actual: dict) -> list[str]:
         problems.append(f"{theirs[key]['file']}:{key[1]} was part of them but is not here")
     for key in ours.keys() & theirs.keys():
         if ours[key]["entries"] != theirs[key]["entries"]:
-            problems.append(f"{ours[key]['file']}:{key[1]} had {theirs[key]['entries']} entries, "
-                            f"has {ours[key]['entries']} now")
+            problems.append(
+                f"{ours[key]['file']}:{key[1]} had {theirs[key]['entries']} entries, "
+                f"has {ours[key]['entries']} now"
+            )
     return problems
 
 
 def stats_of(reader: EventReader, *, progress: bool | None = None) -> Stats:
     """One pass over every selected event of a reader (a progress bar on a terminal)."""
     parts = [Stats.of({f: _empty_like(reader.jagged[f]) for f in reader.features})]
-    with TreeCache(reader.sources) as trees, tqdm(
-        total=reader.num_entries, unit=" events", desc="statistics",
-        disable=None if progress is None else not progress, leave=False,
-    ) as bar:
+    with (
+        TreeCache(reader.sources) as trees,
+        tqdm(
+            total=reader.num_entries,
+            unit=" events",
+            desc="statistics",
+            disable=None if progress is None else not progress,
+            leave=False,
+        ) as bar,
+    ):
         for chunk in reader.chunks:
             parts.append(Stats.of(reader.read(chunk, trees).columns))
             bar.update(chunk.num_entries)
@@ -277,6 +293,7 @@ def compute_stats(
     Arguments mean what they mean for :class:`rootstream.RootIterableDataset`.
     ``progress=None`` shows a progress bar only on a terminal.
     """
-    reader = EventReader(files, features, tree=tree, cut=cut, step_size=step_size,
-                         nonfinite=nonfinite)
+    reader = EventReader(
+        files, features, tree=tree, cut=cut, step_size=step_size, nonfinite=nonfinite
+    )
     return stats_of(reader, progress=progress)

@@ -1,0 +1,141 @@
+"""Epoch semantics: exactly once across workers, order from (seed, epoch), resume, split."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from rootstream import RootIterableDataset
+
+NUM_EVENTS = 1500
+
+
+@pytest.fixture
+def files(numbered) -> list[str]:
+    """Three files numbered 0..1499 in total, with clusters of 97 entries."""
+    return [
+        numbered("a.root", 400),
+        numbered("b.root", 700, first=400),
+        numbered("c.root", 400, first=1100),
+    ]
+
+
+def dataset(files, **kwargs) -> RootIterableDataset:
+    options = dict(normalize=None, max_length=2, step_size=100, shuffle=True, seed=7)
+    return RootIterableDataset(files, ["event", "Jet_pt"], **{**options, **kwargs})
+
+
+def event_ids(items) -> list[int]:
+    """The ``event`` numbers of a stream of batches, in order."""
+    return [int(v) for item in items for v in item["x"][..., 0].reshape(-1).tolist()]
+
+
+# Three workers on a two-core machine make torch warn; they exercise an uneven sharding.
+THREE_WORKERS = pytest.mark.filterwarnings("ignore:This DataLoader will create 3:UserWarning")
+
+
+@pytest.mark.parametrize(
+    ("num_workers", "batch_size"),
+    [(0, None), (0, 32), (2, None), (2, 32), pytest.param(3, 50, marks=THREE_WORKERS)],
+)
+def test_every_event_exactly_once_per_epoch(files, num_workers, batch_size):
+    ds = dataset(files, batch_size=batch_size)
+    loader_batch = 16 if batch_size is None else None
+    for epoch in (0, 1):
+        ds.set_epoch(epoch)
+        ids = event_ids(DataLoader(ds, batch_size=loader_batch, num_workers=num_workers))
+        assert sorted(ids) == list(range(NUM_EVENTS))
+
+
+def test_shuffle_mixes_files_and_chunks(files):
+    ids = np.array(event_ids(dataset(files, batch_size=NUM_EVENTS)))
+    first = ids[:100]
+    assert len({int(i) // 400 for i in first}) >= 2  # events of several files early on
+    assert not np.array_equal(ids, np.sort(ids))
+
+
+def test_order_depends_only_on_seed_and_epoch(files):
+    def order(seed, epoch, num_workers=2):
+        ds = dataset(files, batch_size=25, seed=seed)
+        ds.set_epoch(epoch)
+        return event_ids(DataLoader(ds, batch_size=None, num_workers=num_workers))
+
+    assert (
+        order(1, 0)
+        == order(1, 0)
+        == event_ids(
+            DataLoader(
+                _at_epoch(dataset(files, batch_size=25, seed=1), 0), batch_size=None, num_workers=2
+            )
+        )
+    )
+    assert order(1, 0) != order(1, 1)
+    assert order(1, 0) != order(2, 0)
+
+
+def _at_epoch(ds, epoch):
+    ds.set_epoch(epoch)
+    return ds
+
+
+def test_without_shuffle_events_come_in_file_order(files):
+    assert event_ids(dataset(files, shuffle=False, batch_size=100)) == list(range(NUM_EVENTS))
+
+
+@pytest.mark.parametrize("batch_size", [None, 40])
+def test_resume_mid_epoch_gives_the_identical_remaining_stream(files, batch_size):
+    full = list(_at_epoch(dataset(files, batch_size=batch_size), 3))
+    interrupted = _at_epoch(dataset(files, batch_size=batch_size), 3)
+    stream = iter(interrupted)
+    head = [next(stream) for _ in range(500 if batch_size is None else 13)]
+    state = interrupted.state_dict()
+    del stream
+
+    resumed = dataset(files, batch_size=batch_size)
+    resumed.load_state_dict(state)
+    rest = list(resumed)
+    assert len(head) + len(rest) == len(full)
+    for got, expected in zip(head + rest, full, strict=False):
+        torch.testing.assert_close(got, expected)
+
+
+def test_state_of_one_worker_layout_is_refused_by_another(files):
+    ds = dataset(files, batch_size=40)
+    state = ds.state_dict()
+    state["num_shards"] = 2
+    ds.load_state_dict(state)
+    with pytest.raises(ValueError, match="same number of workers"):
+        next(iter(ds))
+
+
+def test_resume_with_another_seed_is_refused(files):
+    state = dataset(files, seed=1).state_dict()
+    with pytest.raises(ValueError, match="seed"):
+        dataset(files, seed=2).load_state_dict(state)
+
+
+def test_split_is_disjoint_complete_and_stable(files):
+    ds = dataset(files, batch_size=64)
+    train, test = ds.train_test_split(test_size=0.25, seed=3)
+    train_ids = event_ids(DataLoader(train, batch_size=None, num_workers=2))
+    test_ids = event_ids(test)
+    assert not set(train_ids) & set(test_ids)
+    assert sorted(train_ids + test_ids) == list(range(NUM_EVENTS))
+    assert abs(len(test_ids) / NUM_EVENTS - 0.25) < 0.05
+    test.set_epoch(5)
+    assert sorted(event_ids(test)) == sorted(test_ids)
+    again = dataset(files, batch_size=64, step_size=333).train_test_split(test_size=0.25, seed=3)
+    assert sorted(event_ids(again[1])) == sorted(test_ids)
+
+
+def test_split_parts_share_statistics_of_the_training_part(files):
+    train, test = dataset(files, normalize="standard").train_test_split(test_size=0.5, seed=0)
+    assert test.stats is train.stats
+    train_events = np.array(
+        event_ids(dataset(files, batch_size=1000).train_test_split(test_size=0.5, seed=0)[0]),
+        dtype=np.float64,
+    )
+    assert train.stats.mean["event"] == pytest.approx(train_events.mean())
+    assert train.stats.count["event"] == len(train_events)

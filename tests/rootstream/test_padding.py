@@ -1,0 +1,129 @@
+"""Padding, masking and the spec: numpy-only, checked against a plain Python loop."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from rootstream.preprocess import FeatureSpec, Jagged, Spec, assemble, normalization, pad
+
+
+def jagged(lists: list[list[float]]) -> Jagged:
+    counts = [len(v) for v in lists]
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return Jagged(offsets, np.array([x for v in lists for x in v], dtype=np.float64))
+
+
+def padded_by_loop(lists, length, center=0.0, scale=1.0):
+    values = np.zeros((len(lists), length), np.float32)
+    mask = np.zeros((len(lists), length), bool)
+    for i, event in enumerate(lists):
+        for j, v in enumerate(event[:length]):
+            values[i, j] = (v - center) / scale
+            mask[i, j] = True
+    return values, mask
+
+
+@pytest.mark.parametrize("length", [1, 2, 3, 5])
+def test_pad_truncates_keeps_first_and_masks(length):
+    rng = np.random.default_rng(length)
+    lists = [list(rng.normal(size=rng.integers(0, 6))) for _ in range(200)]
+    values, mask = pad(jagged(lists), length, center=0.5, scale=2.0)
+    expected_values, expected_mask = padded_by_loop(lists, length, 0.5, 2.0)
+    np.testing.assert_array_equal(mask, expected_mask)
+    np.testing.assert_allclose(values, expected_values, rtol=1e-6, atol=1e-6)
+    assert values.dtype == np.float32
+    assert mask.dtype == np.bool_
+
+
+def test_pad_of_events_without_any_element():
+    values, mask = pad(jagged([[], [], []]), 4, center=3.0, scale=2.0)
+    assert not mask.any()
+    assert (values == 0).all()
+
+
+@pytest.mark.parametrize("method", ["standard", "minmax"])
+def test_constant_feature_has_finite_scale(method):
+    center, scale = normalization(method, mean=7.0, std=0.0, minimum=7.0, maximum=7.0)
+    assert scale == 1.0
+    assert (7.0 - center) / scale == 0.0
+
+
+def spec_with(groups=None):
+    features = (
+        FeatureSpec("MET", None, 10.0, 5.0),
+        FeatureSpec("Jet_pt", 3, 40.0, 20.0),
+        FeatureSpec("Jet_eta", 3, 0.0, 2.0),
+    )
+    return Spec(features, groups)
+
+
+def test_assemble_flat_puts_flat_columns_first_then_padded_slots():
+    lists = [[50.0, 30.0, 20.0, 10.0], [], [45.0]]
+    etas = [[0.1, -0.2, 1.0, 2.0], [], [-1.5]]
+    columns = {"MET": np.array([20.0, 10.0, 0.0]), "Jet_pt": jagged(lists), "Jet_eta": jagged(etas)}
+    out = assemble(spec_with(), columns)
+    assert spec_with().feature_names == [
+        "MET",
+        "Jet_pt[0]",
+        "Jet_pt[1]",
+        "Jet_pt[2]",
+        "Jet_eta[0]",
+        "Jet_eta[1]",
+        "Jet_eta[2]",
+    ]
+    pt, pt_mask = padded_by_loop(lists, 3, 40.0, 20.0)
+    eta, eta_mask = padded_by_loop(etas, 3, 0.0, 2.0)
+    np.testing.assert_allclose(out["x"][:, 0], (columns["MET"] - 10.0) / 5.0)
+    np.testing.assert_allclose(out["x"][:, 1:], np.hstack([pt, eta]), rtol=1e-6)
+    np.testing.assert_array_equal(
+        out["mask"], np.hstack([np.ones((3, 1), bool), pt_mask, eta_mask])
+    )
+
+
+def test_assemble_groups_stacks_a_collection_and_its_mask():
+    lists = [[50.0, 30.0, 20.0, 10.0], [], [45.0]]
+    etas = [[0.1, -0.2, 1.0, 2.0], [], [-1.5]]
+    columns = {"MET": np.array([20.0, 10.0, 0.0]), "Jet_pt": jagged(lists), "Jet_eta": jagged(etas)}
+    spec = spec_with(groups=(("jets", ("Jet_pt", "Jet_eta")), ("event", ("MET",))))
+    out = assemble(spec, columns)
+    assert out["jets"].shape == (3, 3, 2)
+    assert out["jets_mask"].shape == (3, 3)
+    assert out["event"].shape == (3, 1)
+    np.testing.assert_allclose(out["jets"][..., 1], padded_by_loop(etas, 3, 0.0, 2.0)[0], rtol=1e-6)
+    np.testing.assert_array_equal(out["jets_mask"], padded_by_loop(lists, 3)[1])
+
+
+def test_group_of_different_collections_is_refused():
+    columns = {"Jet_pt": jagged([[1.0, 2.0]]), "Jet_eta": jagged([[1.0]]), "MET": np.array([1.0])}
+    spec = spec_with(groups=(("jets", ("Jet_pt", "Jet_eta")), ("event", ("MET",))))
+    with pytest.raises(ValueError, match="different numbers of elements"):
+        assemble(spec, columns)
+
+
+def test_group_mixing_flat_and_jagged_is_refused():
+    with pytest.raises(ValueError, match="mixes features"):
+        spec_with(groups=(("all", ("MET", "Jet_pt", "Jet_eta")),))
+
+
+def test_spec_round_trips_through_json():
+    spec = spec_with(groups=(("jets", ("Jet_pt", "Jet_eta")), ("event", ("MET",))))
+    assert Spec.from_json(spec.to_json()) == spec
+
+
+def test_preprocess_imports_neither_torch_nor_uproot():
+    code = (
+        "import sys, rootstream.preprocess; "
+        "print(sorted({'torch', 'uproot', 'awkward'} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_serving_does_not_import_torch():
+    code = "import sys, serving; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
