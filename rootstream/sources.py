@@ -75,7 +75,9 @@ def _expand(path: str) -> list[str]:
     path = os.path.expanduser(path)
     if not os.path.isfile(path):
         folder = os.path.dirname(path) or "."
-        siblings = os.listdir(folder) if os.path.isdir(folder) else []
+        siblings = (
+            [e.name for e in os.scandir(folder) if e.is_file()] if os.path.isdir(folder) else []
+        )
         hint = close_matches(os.path.basename(path), siblings)
         raise InputFileNotFoundError(f"no such file: {path!r} ({hint})")
     return [path]
