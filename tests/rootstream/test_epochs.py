@@ -139,3 +139,27 @@ def test_split_parts_share_statistics_of_the_training_part(files):
     )
     assert train.stats.mean["event"] == pytest.approx(train_events.mean())
     assert train.stats.count["event"] == len(train_events)
+
+
+# torchdata 0.11 calls a deprecated torch API when a loader starts; not ours to fix.
+@pytest.mark.filterwarnings("ignore:'set_vital' is deprecated:UserWarning")
+def test_resume_with_workers_through_stateful_dataloader(files):
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    def loader(state=None):
+        ds = _at_epoch(dataset(files, batch_size=30), 2)
+        dl = StatefulDataLoader(ds, batch_size=None, num_workers=2)
+        if state is not None:
+            dl.load_state_dict(state)
+        return dl
+
+    full = [b["x"] for b in loader()]
+    interrupted = loader()
+    stream = iter(interrupted)
+    head = [next(stream)["x"] for _ in range(21)]
+    state = interrupted.state_dict()
+    del stream
+    rest = [b["x"] for b in loader(state)]
+    assert len(head) + len(rest) == len(full)
+    for got, expected in zip(head + rest, full, strict=True):
+        torch.testing.assert_close(got, expected)
