@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from rootstream.errors import ChunkReadError
+from rootstream.prefetch import prefetch
 from rootstream.preprocess import (
     NORMALIZATIONS,
     FeatureSpec,
@@ -22,8 +22,9 @@ from rootstream.preprocess import (
     assemble,
     normalization,
 )
-from rootstream.reader import EventReader, Split, TreeCache
+from rootstream.reader import Block, EventReader, Split, TreeCache
 from rootstream.shuffle import balance_chunks, event_order, shard_chunks, split_windows
+from rootstream.sources import Chunk
 from rootstream.stats import Stats, stats_of
 
 __all__ = ["DEFAULT_LENGTH_QUANTILE", "RootIterableDataset"]
@@ -47,8 +48,14 @@ def shard_of_this_process() -> tuple[int, int]:
 class _SharedStats:
     """Statistics computed once, on first use, from one reader; shared by split siblings."""
 
-    def __init__(self, reader: EventReader, given: Stats | str | os.PathLike | None) -> None:
+    def __init__(
+        self,
+        reader: EventReader,
+        given: Stats | str | os.PathLike | None,
+        skipped: list[dict[str, Any]] | None,
+    ) -> None:
         self._reader = reader
+        self._skipped = skipped
         self._value = given if given is None or isinstance(given, Stats) else Stats.load(given)
         self.given = self._value is not None
         if self.given:
@@ -56,7 +63,7 @@ class _SharedStats:
 
     def get(self) -> Stats:
         if self._value is None:
-            self._value = stats_of(self._reader)
+            self._value = stats_of(self._reader, skipped=self._skipped)
         return self._value
 
 
@@ -118,6 +125,8 @@ class RootIterableDataset(IterableDataset):
             raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be None or positive, not {batch_size}")
+        if normalize not in NORMALIZATIONS:
+            raise ValueError(f"normalize must be one of {NORMALIZATIONS}, not {normalize!r}")
         features = _features_of(features, groups)
         self._reader = EventReader(
             files,
@@ -130,17 +139,15 @@ class RootIterableDataset(IterableDataset):
             nonfinite=nonfinite,
             task=task,
         )
-        self._stats = _SharedStats(self._reader, stats)
         self._groups = groups
         self._max_length = max_length
-        if normalize not in NORMALIZATIONS:
-            raise ValueError(f"normalize must be one of {NORMALIZATIONS}, not {normalize!r}")
         self.normalize = normalize
         self.batch_size, self.drop_last = batch_size, drop_last
         self.shuffle, self.seed, self.shuffle_chunks = shuffle, seed, shuffle_chunks
         self.on_error = on_error
         self.epoch = 0
         self.skipped: list[dict[str, Any]] = []
+        self._stats = _SharedStats(self._reader, stats, self._skip_list)
         self._spec: Spec | None = None
         self._position = self._fresh_position(0, 1)
         self._resume: dict[str, Any] | None = None
@@ -252,7 +259,10 @@ class RootIterableDataset(IterableDataset):
         if self._reader.split is not None:
             raise ValueError("this dataset is already one part of a split")
         parts = [self._with_split(Split(test_size, seed, part)) for part in ("train", "test")]
-        shared = self._stats if self._stats.given else _SharedStats(parts[0]._reader, None)
+        if self._stats.given:
+            shared = self._stats
+        else:
+            shared = _SharedStats(parts[0]._reader, None, parts[0]._skip_list)
         for part in parts:
             part._stats = shared
         return parts[0], parts[1]
@@ -308,52 +318,46 @@ class RootIterableDataset(IterableDataset):
         self._report_skipped()
 
     def _windows(
-        self, spec: Spec, windows: list, shard: int
+        self, spec: Spec, windows: list[list[Chunk]], shard: int
     ) -> Iterator[tuple[Arrays, np.ndarray]]:
-        """Yield each window's arrays and the order of its events not yet consumed."""
-        sizes = self._position["window_sizes"]
-        done = 0
-        with TreeCache(self._reader.sources) as trees:
-            for index, window in enumerate(windows):
-                if index < len(sizes) and done + sizes[index] <= self._position["consumed"]:
-                    done += sizes[index]
-                    continue
-                arrays = self._read_window(spec, window, trees)
-                n = len(next(iter(arrays.values())))
-                if index == len(sizes):
-                    sizes.append(n)
-                order = event_order(
-                    n,
-                    shuffle=self.shuffle,
-                    seed=self.seed,
-                    epoch=self.epoch,
-                    shard=shard,
-                    window=index,
-                )
-                order = np.arange(n) if order is None else order
-                skip = max(0, self._position["consumed"] - done)
-                done += n
-                yield arrays, order[skip:]
+        """Yield each window's arrays and the order of its events not yet consumed.
 
-    def _read_window(self, spec: Spec, window: list, trees: TreeCache) -> Arrays:
+        Windows wholly consumed before a resume are not read again; the next window is read
+        in a background thread while this one is preprocessed.
+        """
+        sizes, consumed = self._position["window_sizes"], self._position["consumed"]
+        first, done = 0, 0
+        while first < len(sizes) and done + sizes[first] <= consumed:
+            done += sizes[first]
+            first += 1
+        blocks = prefetch(self._read_blocks(windows[first:]))
+        for index, window_blocks in enumerate(blocks, start=first):
+            arrays = self._assemble(spec, window_blocks)
+            n = len(next(iter(arrays.values())))
+            if index == len(sizes):
+                sizes.append(n)
+            order = event_order(
+                n, shuffle=self.shuffle, seed=self.seed, epoch=self.epoch, shard=shard, window=index
+            )
+            order = np.arange(n) if order is None else order
+            yield arrays, order[max(0, consumed - done) :]
+            done += n
+
+    def _read_blocks(self, windows: list[list[Chunk]]) -> Iterator[list[Block]]:
+        """Read the selected events of each window's chunks, skipping unreadable ones if asked."""
+        with TreeCache(self._reader.sources) as trees:
+            for window in windows:
+                blocks = (self._reader.read(c, trees, skipped=self._skip_list) for c in window)
+                yield [b for b in blocks if b is not None]
+
+    @property
+    def _skip_list(self) -> list[dict[str, Any]] | None:
+        return self.skipped if self.on_error == "skip" else None
+
+    def _assemble(self, spec: Spec, blocks: list[Block]) -> Arrays:
+        """Model inputs, labels and weights of a window's blocks, concatenated."""
         parts = []
-        for chunk in window:
-            try:
-                block = self._reader.read(chunk, trees)
-            except ChunkReadError as err:
-                if self.on_error == "raise":
-                    raise
-                source = self._reader.sources[chunk.source]
-                self.skipped.append(
-                    {
-                        "file": source.path,
-                        "tree": source.tree,
-                        "entry_start": chunk.start,
-                        "entry_stop": chunk.stop,
-                        "error": str(err),
-                    }
-                )
-                continue
+        for block in blocks:
             arrays = assemble(spec, block.columns)
             if block.y is not None:
                 arrays["y"] = block.y
@@ -362,11 +366,9 @@ class RootIterableDataset(IterableDataset):
             parts.append(arrays)
         if not parts:
             return _empty_arrays(spec, self._reader)
-        return (
-            parts[0]
-            if len(parts) == 1
-            else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-        )
+        if len(parts) == 1:
+            return parts[0]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     def _events(self, stream: Iterator[tuple[Arrays, np.ndarray]]) -> Iterator[dict]:
         for arrays, order in stream:

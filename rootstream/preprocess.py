@@ -151,7 +151,8 @@ def pad(
     """Pad or truncate a jagged column to ``length`` and normalize the real values.
 
     Truncation keeps the first ``length`` values of each event; padded slots hold 0.
-    ``out``/``out_mask`` may be (strided) views to write into.
+    ``out``/``out_mask`` may be (strided) views to write into. Works slot by slot: one
+    vectorized gather of N values per slot, with no [N, length] index array.
 
     Returns:
         values: float32 ``[N, length]``; mask: bool ``[N, length]``, True where real.
@@ -161,12 +162,20 @@ def pad(
         out = np.empty((n, length), dtype=np.float32)
     if out_mask is None:
         out_mask = np.empty((n, length), dtype=bool)
-    counts = np.minimum(column.counts, length)
-    np.less(np.arange(length), counts[:, None], out=out_mask)
-    out[...] = 0.0
-    if column.content.size:
-        index = column.offsets[:-1, None] + np.arange(length)
-        out[out_mask] = _normalized(column.content, center, scale)[index[out_mask]]
+    counts = column.counts
+    if column.content.size == 0:
+        out[...] = 0.0
+        out_mask[...] = False
+        return out, out_mask
+    normalized = _normalized(column.content, center, scale)
+    last = len(normalized) - 1
+    position = column.offsets[:-1].copy()
+    index = np.empty_like(position)
+    for slot in range(length):
+        real = np.greater(counts, slot, out=out_mask[:, slot])
+        np.minimum(position, last, out=index)
+        np.multiply(normalized[index], real, out=out[:, slot])
+        position += 1
     return out, out_mask
 
 
@@ -203,21 +212,23 @@ def _assemble_flat(
 ) -> dict[str, np.ndarray]:
     width = sum(f.width for f in features)
     x = np.empty((n, width), dtype=np.float32)
-    mask = np.ones((n, width), dtype=bool) if any(f.jagged for f in features) else None
+    mask = np.empty((n, width), dtype=bool) if any(f.jagged for f in features) else None
     col = 0
     for f in features:
         if f.jagged:
-            sl = slice(col, col + f.length)
+            cols = slice(col, col + f.length)
             pad(
                 columns[f.name],
                 f.length,
                 center=f.center,
                 scale=f.scale,
-                out=x[:, sl],
-                out_mask=mask[:, sl],
+                out=x[:, cols],
+                out_mask=mask[:, cols],
             )
         else:
             x[:, col] = _normalized(columns[f.name], f.center, f.scale)
+            if mask is not None:
+                mask[:, col] = True
         col += f.width
     return {"x": x} if mask is None else {"x": x, "mask": mask}
 

@@ -8,7 +8,12 @@ from typing import Any
 
 import numpy as np
 
-from rootstream.errors import ChunkReadError, NonFiniteValueError, RootStreamError
+from rootstream.errors import (
+    ChunkReadError,
+    NonFiniteValueError,
+    RootStreamError,
+    UnsupportedBranchError,
+)
 from rootstream.preprocess import Column, Jagged
 from rootstream.shuffle import is_held_out
 from rootstream.sources import (
@@ -71,7 +76,9 @@ class TreeCache:
 
 def _flat(column: Column, what: str) -> np.ndarray:
     if isinstance(column, Jagged):
-        raise TypeError(f"the {what} must have one value per event, but it is variable-length")
+        raise UnsupportedBranchError(
+            f"the {what} must have one value per event, but it is variable-length"
+        )
     return column
 
 
@@ -136,13 +143,13 @@ class EventReader:
         probe, self.infos = self._inspect(step_size)
         self.jagged = {f: isinstance(probe[f], Jagged) for f in features}
         file_labels = [s.label for s in self.sources] if isinstance(files, Mapping) else None
+        for what, expr in (("weight", weight), ("cut", cut), ("label", label)):
+            if expr:
+                _flat(probe[expr], f"{what} {expr!r}")
         self.task = task or infer_task(file_labels, probe.get(label) if label else None)
         if self.task is not None and self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, not {self.task!r}")
         self.label_names = _label_names(file_labels)
-        for what, expr in (("weight", weight), ("cut", cut), ("label", label)):
-            if expr:
-                _flat(probe[expr], f"{what} {expr!r}")
         self.chunks = plan_chunks(self.infos)
 
     def _inspect(self, step_size: int | str) -> tuple[dict[str, Column], list]:
@@ -171,8 +178,14 @@ class EventReader:
             "split": None if self.split is None else vars(self.split),
         }
 
-    def read(self, chunk: Chunk, trees: TreeCache) -> Block:
-        """Read one chunk and keep the events that pass the cut and belong to the split part."""
+    def read(
+        self, chunk: Chunk, trees: TreeCache, *, skipped: list[dict[str, Any]] | None = None
+    ) -> Block | None:
+        """Read one chunk and keep the events that pass the cut and belong to the split part.
+
+        An unreadable chunk raises :class:`ChunkReadError`, or, when a ``skipped`` list is
+        given, is recorded there (once) and None is returned.
+        """
         source = self.sources[chunk.source]
         try:
             columns = read_columns(
@@ -181,12 +194,24 @@ class EventReader:
         except RootStreamError:
             raise
         except Exception as err:
-            raise ChunkReadError(
+            error = ChunkReadError(
                 f"cannot read entries {chunk.start} to {chunk.stop} of {source}: "
                 f"{type(err).__name__}: {err}"
-            ) from err
+            )
+            if skipped is None:
+                raise error from err
+            record = {
+                "file": source.path,
+                "tree": source.tree,
+                "entry_start": chunk.start,
+                "entry_stop": chunk.stop,
+                "error": str(error),
+            }
+            if record not in skipped:
+                skipped.append(record)
+            return None
         entries = np.arange(chunk.start, chunk.stop)
-        keep = self._selection(source, columns, entries)
+        keep = self._selection(chunk.source, columns, entries)
         if keep is not None:
             columns = {name: select(col, keep) for name, col in columns.items()}
             entries = entries[keep]
@@ -200,14 +225,14 @@ class EventReader:
         )
 
     def _selection(
-        self, source: Source, columns: Mapping[str, Column], entries: np.ndarray
+        self, index: int, columns: Mapping[str, Column], entries: np.ndarray
     ) -> np.ndarray | None:
         keep = None
         if self.cut:
             keep = np.asarray(columns[self.cut], dtype=bool)
         if self.split is not None:
             held_out = is_held_out(
-                f"{self.infos[self.sources.index(source)].uuid}/{source.tree}",
+                f"{self.infos[index].uuid}/{self.sources[index].tree}",
                 entries,
                 test_size=self.split.test_size,
                 seed=self.split.seed,

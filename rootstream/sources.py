@@ -237,11 +237,22 @@ def read_columns(tree: Any, expressions: Sequence[str], start: int, stop: int) -
     arrays = tree.arrays(
         list(dict.fromkeys(expressions)), entry_start=start, entry_stop=stop, library="ak"
     )
-    where = tree_location(tree)
-    return {expr: to_column(arrays[expr], f"{expr!r} in {where!r}") for expr in expressions}
+    columns = {}
+    for expr in expressions:
+        try:
+            columns[expr] = to_column(arrays[expr])
+        except UnsupportedBranchError as err:
+            raise UnsupportedBranchError(f"branch {_describe(tree, expr)} {err}") from None
+    return columns
 
 
-def to_column(array: ak.Array, name: str) -> Column:
+def _describe(tree: Any, expr: str) -> str:
+    """``'Jet_pt' (std::vector<float>) in 'f.root:Events'``, for error messages."""
+    typename = f" ({tree[expr].typename})" if expr in tree and not is_rntuple(tree) else ""
+    return f"{expr!r}{typename} in {tree_location(tree)!r}"
+
+
+def to_column(array: ak.Array) -> Column:
     """Convert an awkward array of numbers or of lists of numbers to a numpy column."""
     layout = ak.to_layout(array)
     if isinstance(layout, ak.contents.RegularArray) and _is_numbers(layout.content):
@@ -255,7 +266,7 @@ def to_column(array: ak.Array, name: str) -> Column:
         content = np.asarray(layout.content.data)[offsets[0] : offsets[-1]]
         return Jagged(offsets - offsets[0], content)
     raise UnsupportedBranchError(
-        f"branch {name} has type {array.type.content}, which cannot be turned into numbers: "
+        f"has type {array.type.content}, which cannot be turned into numbers: "
         "rootstream reads numbers (bool, integers, floats) and variable-length lists of numbers"
     )
 

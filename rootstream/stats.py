@@ -13,6 +13,7 @@ import numpy as np
 from tqdm import tqdm
 
 from rootstream.errors import StatsMismatchError
+from rootstream.prefetch import prefetch
 from rootstream.preprocess import Column, Jagged
 from rootstream.reader import EventReader, TreeCache
 
@@ -254,8 +255,16 @@ def _fingerprint_differences(expected: dict, actual: dict) -> list[str]:
     return problems
 
 
-def stats_of(reader: EventReader, *, progress: bool | None = None) -> Stats:
-    """One pass over every selected event of a reader (a progress bar on a terminal)."""
+def stats_of(
+    reader: EventReader,
+    *,
+    progress: bool | None = None,
+    skipped: list[dict[str, Any]] | None = None,
+) -> Stats:
+    """One pass over every selected event of a reader (a progress bar on a terminal).
+
+    With a ``skipped`` list, unreadable chunks are recorded there instead of raising.
+    """
     parts = [Stats.of({f: _empty_like(reader.jagged[f]) for f in reader.features})]
     with (
         TreeCache(reader.sources) as trees,
@@ -267,8 +276,10 @@ def stats_of(reader: EventReader, *, progress: bool | None = None) -> Stats:
             leave=False,
         ) as bar,
     ):
-        for chunk in reader.chunks:
-            parts.append(Stats.of(reader.read(chunk, trees).columns))
+        blocks = prefetch((c, reader.read(c, trees, skipped=skipped)) for c in reader.chunks)
+        for chunk, block in blocks:
+            if block is not None:
+                parts.append(Stats.of(block.columns))
             bar.update(chunk.num_entries)
     return Stats(Stats.merge_all(parts)._moments, reader.fingerprint())
 

@@ -41,4 +41,5 @@ def test_stats_command_writes_the_statistics_of_the_data(hzz, tmp_path, capsys):
 def test_errors_are_one_line_and_exit_nonzero(tmp_path, capsys):
     assert main(["stats", str(tmp_path / "missing.root"), "--features", "x", "-o", "s.json"]) == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "missing.root" in err
+    assert err.count("\n") == 1
+    assert "missing.root" in err
