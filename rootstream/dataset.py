@@ -45,28 +45,6 @@ def shard_of_this_process() -> tuple[int, int]:
     return rank * num_workers + worker, world * num_workers
 
 
-class _SharedStats:
-    """Statistics computed once, on first use, from one reader; shared by split siblings."""
-
-    def __init__(
-        self,
-        reader: EventReader,
-        given: Stats | str | os.PathLike | None,
-        skipped: list[dict[str, Any]] | None,
-    ) -> None:
-        self._reader = reader
-        self._skipped = skipped
-        self._value = given if given is None or isinstance(given, Stats) else Stats.load(given)
-        self.given = self._value is not None
-        if self.given:
-            self._value.check(reader.fingerprint(), reader.features)
-
-    def get(self) -> Stats:
-        if self._value is None:
-            self._value = stats_of(self._reader, skipped=self._skipped)
-        return self._value
-
-
 class RootIterableDataset(IterableDataset):
     """Stream events of ROOT files (TTree or RNTuple) as dicts of tensors.
 
@@ -147,27 +125,42 @@ class RootIterableDataset(IterableDataset):
         self.on_error = on_error
         self.epoch = 0
         self.skipped: list[dict[str, Any]] = []
-        self._stats = _SharedStats(self._reader, stats, self._skip_list)
-        self._spec: Spec | None = None
+        self._stats = self._given_stats(stats)
+        self._spec = self._build_spec()
         self._position = self._fresh_position(0, 1)
         self._resume: dict[str, Any] | None = None
 
     # ----------------------------------------------------------------- description
+    def __repr__(self) -> str:
+        sources = self._reader.sources
+        return (
+            f"RootIterableDataset({len(sources)} tree(s) such as {str(sources[0])!r}, "
+            f"{self.num_entries} entries, features={self.features}, "
+            f"batch_size={self.batch_size}, shuffle={self.shuffle}, seed={self.seed})"
+        )
+
     @property
     def features(self) -> list[str]:
         return self._reader.features
 
     @property
     def stats(self) -> Stats:
-        """The statistics in use (computed on first access when not given)."""
-        return self._stats.get()
+        """The statistics in use: given, or computed over every selected event."""
+        if self._stats is None:
+            self._stats = stats_of(self._reader, skipped=self._skip_list)
+        return self._stats
 
     @property
     def spec(self) -> Spec:
         """The preprocessing spec: feature order, padded lengths, normalization."""
-        if self._spec is None:
-            self._spec = self._build_spec()
         return self._spec
+
+    def _given_stats(self, stats: Stats | str | os.PathLike | None) -> Stats | None:
+        if stats is None:
+            return None
+        stats = stats if isinstance(stats, Stats) else Stats.load(stats)
+        stats.check(self._reader.fingerprint(), self.features)
+        return stats
 
     @property
     def feature_names(self) -> list[str]:
@@ -251,27 +244,21 @@ class RootIterableDataset(IterableDataset):
         """Split the selected events into disjoint training and test datasets.
 
         Each event's part is decided by a hash of (file, tree, entry, seed): it does not
-        change with epochs, workers or shuffling. Without given statistics, both parts
-        use statistics computed on the training part.
+        change with epochs, workers or shuffling. Both parts keep this dataset's
+        statistics and preprocessing, so they are normalized and padded alike.
         """
         if not 0 < test_size < 1:
             raise ValueError(f"test_size must be between 0 and 1, not {test_size}")
         if self._reader.split is not None:
             raise ValueError("this dataset is already one part of a split")
         parts = [self._with_split(Split(test_size, seed, part)) for part in ("train", "test")]
-        if self._stats.given:
-            shared = self._stats
-        else:
-            shared = _SharedStats(parts[0]._reader, None, parts[0]._skip_list)
-        for part in parts:
-            part._stats = shared
         return parts[0], parts[1]
 
     def _with_split(self, split: Split) -> RootIterableDataset:
         part = copy.copy(self)
         part._reader = copy.copy(self._reader)
         part._reader.split = split
-        part._spec, part._resume, part.skipped = None, None, []
+        part._resume, part.skipped = None, []
         return part
 
     # ----------------------------------------------------------------- iteration

@@ -171,10 +171,11 @@ def pad(
     last = len(normalized) - 1
     position = column.offsets[:-1].copy()
     index = np.empty_like(position)
+    out[...] = 0.0
     for slot in range(length):
         real = np.greater(counts, slot, out=out_mask[:, slot])
         np.minimum(position, last, out=index)
-        np.multiply(normalized[index], real, out=out[:, slot])
+        np.copyto(out[:, slot], normalized[index], where=real)
         position += 1
     return out, out_mask
 

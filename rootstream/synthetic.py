@@ -26,9 +26,9 @@ FIELDS = ("pt", "eta", "phi", "mass")
 # MET flavours and their extra smearing, in units of the MET resolution
 _MET_VARIANTS = {"MET": 0.0, "PuppiMET": 0.3, "RawMET": 0.6, "TkMET": 1.0, "CaloMET": 1.2}
 FLAT_BRANCHES = (
-    *(f"{m}_{q}" for m in _MET_VARIANTS for q in ("pt", "phi")), "MET_sumEt", "MET_significance",
-    "HT", "MHT_pt", "MHT_phi", "ST", "nPV", "Pileup_nTrueInt", "fixedGridRhoFastjetAll",
-    "PV_x", "PV_y", "PV_z", "genWeight",
+    *(f"{m}_{q}" for m in _MET_VARIANTS for q in ("pt", "phi")),
+    *("MET_sumEt", "MET_significance", "HT", "MHT_pt", "MHT_phi", "ST", "nPV"),
+    *("Pileup_nTrueInt", "fixedGridRhoFastjetAll", "PV_x", "PV_y", "PV_z", "genWeight"),
 )
 
 
@@ -58,11 +58,14 @@ _MUON = Particles(0.4, 5.0, 15.0, 1.2, 2.4, mass=0.1057)
 _ELECTRON = Particles(0.4, 5.0, 15.0, 1.2, 2.5, mass=0.000511)
 KINDS = {
     "background": Process({"Jet": _JET, "Muon": _MUON, "Electron": _ELECTRON}, 15.0),
-    "signal": Process({
-        "Jet": replace(_JET, mean_count=4.5, pt_scale=40.0, eta_width=1.5),
-        "Muon": replace(_MUON, mean_count=0.6, pt_scale=22.0),
-        "Electron": replace(_ELECTRON, mean_count=0.6, pt_scale=22.0),
-    }, 35.0),
+    "signal": Process(
+        {
+            "Jet": replace(_JET, mean_count=4.5, pt_scale=40.0, eta_width=1.5),
+            "Muon": replace(_MUON, mean_count=0.6, pt_scale=22.0),
+            "Electron": replace(_ELECTRON, mean_count=0.6, pt_scale=22.0),
+        },
+        35.0,
+    ),
 }
 
 
@@ -97,6 +100,23 @@ def _polar(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.hypot(x, y), np.arctan2(y, x)
 
 
+def _missing_momentum(
+    rng: np.random.Generator, invisible_pt_scale: float, sum_et: np.ndarray
+) -> dict[str, np.ndarray]:
+    """MET flavours: invisible momentum plus resolution noise growing with ``sum_et``."""
+    n = len(sum_et)
+    resolution = 0.6 * np.sqrt(sum_et)
+    invisible_pt, invisible_phi = rng.exponential(invisible_pt_scale, n), _phi(rng, n)
+    met_x = invisible_pt * np.cos(invisible_phi) + rng.normal(0.0, resolution)
+    met_y = invisible_pt * np.sin(invisible_phi) + rng.normal(0.0, resolution)
+    out = {}
+    for name, smearing in _MET_VARIANTS.items():
+        noise = rng.normal(0.0, smearing * resolution, (2, n))
+        out[f"{name}_pt"], out[f"{name}_phi"] = _polar(met_x + noise[0], met_y + noise[1])
+    out["MET_significance"] = (out["MET_pt"] / resolution) ** 2
+    return out
+
+
 def _event_variables(
     rng: np.random.Generator, process: Process, particles: dict[str, ak.Array], n: int
 ) -> dict[str, np.ndarray]:
@@ -105,23 +125,22 @@ def _event_variables(
     ht = _sum(jets.pt)
     st_visible = ht + _sum(particles["Muon"].pt) + _sum(particles["Electron"].pt)
     npv = rng.poisson(30.0, n)
-    sum_et = st_visible + rng.gamma(npv + 1.0, 8.0)
-    resolution = 0.6 * np.sqrt(sum_et)
-    invisible_pt, invisible_phi = rng.exponential(process.invisible_pt_scale, n), _phi(rng, n)
-    met_x = invisible_pt * np.cos(invisible_phi) + rng.normal(0.0, resolution)
-    met_y = invisible_pt * np.sin(invisible_phi) + rng.normal(0.0, resolution)
-    out = {}
-    for name, smearing in _MET_VARIANTS.items():
-        noise = rng.normal(0.0, smearing * resolution, (2, n))
-        out[f"{name}_pt"], out[f"{name}_phi"] = _polar(met_x + noise[0], met_y + noise[1])
-    out["MHT_pt"], out["MHT_phi"] = _polar(-_sum(jets.pt * np.cos(jets.phi)),
-                                           -_sum(jets.pt * np.sin(jets.phi)))
+    sum_et = st_visible + rng.gamma(npv + 1.0, 8.0)  # pileup adds soft activity
+    out = _missing_momentum(rng, process.invisible_pt_scale, sum_et)
+    out["MHT_pt"], out["MHT_phi"] = _polar(
+        -_sum(jets.pt * np.cos(jets.phi)), -_sum(jets.pt * np.sin(jets.phi))
+    )
     out.update(
-        MET_sumEt=sum_et, MET_significance=(out["MET_pt"] / resolution) ** 2, HT=ht,
-        ST=st_visible + out["MET_pt"], nPV=npv, Pileup_nTrueInt=npv + rng.normal(0.0, 3.0, n),
+        MET_sumEt=sum_et,
+        HT=ht,
+        ST=st_visible + out["MET_pt"],
+        nPV=npv,
+        Pileup_nTrueInt=npv + rng.normal(0.0, 3.0, n),
         fixedGridRhoFastjetAll=0.55 * npv + rng.normal(0.0, 2.0, n),
-        PV_x=rng.normal(0.0, 0.01, n), PV_y=rng.normal(0.0, 0.01, n),
-        PV_z=rng.normal(0.0, 3.5, n), genWeight=np.where(rng.random(n) < 0.05, -1.0, 1.0),
+        PV_x=rng.normal(0.0, 0.01, n),
+        PV_y=rng.normal(0.0, 0.01, n),
+        PV_z=rng.normal(0.0, 3.5, n),
+        genWeight=np.where(rng.random(n) < 0.05, -1.0, 1.0),
     )
     return {name: out[name].astype(np.float32) for name in FLAT_BRANCHES}
 
@@ -134,8 +153,10 @@ def _block(rng: np.random.Generator, process: Process, n: int) -> dict[str, np.n
 
 def _branch_types() -> dict[str, object]:
     record = ", ".join(f"{f}: float32" for f in FIELDS)
-    return {**dict.fromkeys(FLAT_BRANCHES, np.float32),
-            **dict.fromkeys(COLLECTIONS, f"var * {{{record}}}")}
+    return {
+        **dict.fromkeys(FLAT_BRANCHES, np.float32),
+        **dict.fromkeys(COLLECTIONS, f"var * {{{record}}}"),
+    }
 
 
 def write_sample(
@@ -169,8 +190,9 @@ def write_sample(
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {sorted(KINDS)}, not {kind!r}")
     if num_events < 0 or events_per_basket < 1:
-        raise ValueError(f"need num_events >= 0 and events_per_basket >= 1, not {num_events} "
-                         f"and {events_per_basket}")
+        raise ValueError(
+            f"need num_events >= 0, events_per_basket >= 1: {num_events}, {events_per_basket}"
+        )
     rng = np.random.default_rng([seed, list(KINDS).index(kind)])
     with uproot.recreate(path, compression=compression) as file:
         file["provenance"] = PROVENANCE

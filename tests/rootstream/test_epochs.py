@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -130,15 +132,33 @@ def test_split_is_disjoint_complete_and_stable(files):
     assert sorted(event_ids(again[1])) == sorted(test_ids)
 
 
-def test_split_parts_share_statistics_of_the_training_part(files):
-    train, test = dataset(files, normalize="standard").train_test_split(test_size=0.5, seed=0)
-    assert test.stats is train.stats
-    train_events = np.array(
-        event_ids(dataset(files, batch_size=1000).train_test_split(test_size=0.5, seed=0)[0]),
-        dtype=np.float64,
-    )
-    assert train.stats.mean["event"] == pytest.approx(train_events.mean())
-    assert train.stats.count["event"] == len(train_events)
+def test_split_parts_keep_the_statistics_and_spec_of_the_whole(files):
+    ds = dataset(files, normalize="standard")
+    train, test = ds.train_test_split(test_size=0.5, seed=0)
+    assert train.stats is test.stats is ds.stats
+    assert train.spec == test.spec == ds.spec
+    events = np.arange(NUM_EVENTS, dtype=np.float64)
+    assert ds.stats.mean["event"] == pytest.approx(events.mean())
+    assert ds.stats.count["event"] == NUM_EVENTS
+
+
+def test_statistics_are_computed_once_in_the_main_process(files, monkeypatch, tmp_path):
+    import rootstream.dataset
+
+    log = tmp_path / "passes.log"  # a file, so that passes in worker processes count too
+    real = rootstream.dataset.stats_of
+
+    def logged(*args, **kwargs):
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(rootstream.dataset, "stats_of", logged)
+    ds = dataset(files, normalize="standard", batch_size=100)
+    for epoch in range(2):
+        ds.set_epoch(epoch)
+        assert len(event_ids(DataLoader(ds, batch_size=None, num_workers=2))) == NUM_EVENTS
+    assert log.read_text().split() == [str(os.getpid())]
 
 
 # torchdata 0.11 calls a deprecated torch API when a loader starts; not ours to fix.

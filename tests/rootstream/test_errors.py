@@ -27,8 +27,9 @@ from rootstream.errors import (
 # ----------------------------------------------------------------------------- helpers
 def read_with_dataset(files: Any, features: list[str], **kwargs: Any) -> list:
     """One whole pass of a dataset (no statistics needed: no normalization, fixed length)."""
-    return list(RootIterableDataset(files, features, normalize=None, max_length=4,
-                                    batch_size=16, **kwargs))
+    return list(
+        RootIterableDataset(files, features, normalize=None, max_length=4, batch_size=16, **kwargs)
+    )
 
 
 def read_with_stats(files: Any, features: list[str], **kwargs: Any) -> Any:
@@ -63,8 +64,11 @@ def assert_names(message: str, *parts: str) -> None:
 # ----------------------------------------------------------------------------- lookups
 @pytest.mark.parametrize(
     "form",
-    [lambda good, missing: missing, lambda good, missing: [good, missing],
-     lambda good, missing: {good: 0, missing: 1}],
+    [
+        lambda good, missing: missing,
+        lambda good, missing: [good, missing],
+        lambda good, missing: {good: 0, missing: 1},
+    ],
     ids=["path", "list", "dict"],
 )
 def test_missing_file_names_path_and_suggests_sibling(
@@ -94,16 +98,31 @@ def test_glob_matching_nothing_names_pattern(
     [
         ("{hzz}", "event", ["MET_px"], TreeNotFoundError, ["'event'", "'events'"]),
         ("{hzz}:event", "Events", ["MET_px"], TreeNotFoundError, ["'event'", "'events'"]),
-        ("{hzz}", "events", ["MET_px", "Jet_px"], BranchNotFoundError,
-         ["'Jet_px'", "events", "'Jet_Px'"]),
-        ("{hzz}", "events", ["MET_px", "Eventweight"], BranchNotFoundError,
-         ["'Eventweight'", "events", "'EventWeight'"]),  # the last of 51 branches
+        (
+            "{hzz}",
+            "events",
+            ["MET_px", "Jet_px"],
+            BranchNotFoundError,
+            ["'Jet_px'", "events", "'Jet_Px'"],
+        ),
+        (
+            "{hzz}",
+            "events",
+            ["MET_px", "Eventweight"],
+            BranchNotFoundError,
+            ["'Eventweight'", "events", "'EventWeight'"],
+        ),  # the last of 51 branches
     ],
     ids=["tree-argument", "tree-in-spec", "branch", "late-branch"],
 )
 def test_missing_tree_or_branch_names_file_and_close_match(
-    read_all: Callable, hzz: str, spec: str, tree: str, features: list[str],
-    error: type[Exception], names: list[str],
+    read_all: Callable,
+    hzz: str,
+    spec: str,
+    tree: str,
+    features: list[str],
+    error: type[Exception],
+    names: list[str],
 ) -> None:
     with pytest.raises(error) as info:
         read_all(spec.format(hzz=hzz), features, tree=tree)
@@ -118,10 +137,15 @@ def test_branch_name_that_looks_like_an_expression_is_read_literally(
     write_tree: Callable[..., str],
 ) -> None:
     rng = np.random.default_rng(3)
-    path = write_tree("btag.root", {
-        "jet1_b": rng.normal(size=40), "tag": rng.normal(size=40),
-        "jet1_b-tag": rng.normal(size=40).astype(np.float32),
-    }, basket=15)
+    path = write_tree(
+        "btag.root",
+        {
+            "jet1_b": rng.normal(size=40),
+            "tag": rng.normal(size=40),
+            "jet1_b-tag": rng.normal(size=40).astype(np.float32),
+        },
+        basket=15,
+    )
     ds = RootIterableDataset(path, ["jet1_b-tag"], normalize=None, step_size=15)
     out = read_x(ds)
     with uproot.open(path) as file:
@@ -135,8 +159,9 @@ def test_branch_name_that_looks_like_an_expression_is_read_literally(
     "expression", ["MET_px * 2", "sqrt(MET_px**2 + MET_py**2)", "Jet_Px / 1000"]
 )
 def test_expression_feature_equals_uproot(hzz: str, expression: str) -> None:
-    ds = RootIterableDataset(hzz, [expression], tree="events", normalize=None, max_length=3,
-                             batch_size=1000)
+    ds = RootIterableDataset(
+        hzz, [expression], tree="events", normalize=None, max_length=3, batch_size=1000
+    )
     out = read_x(ds)
     with uproot.open(hzz) as file:
         expected = file["events"].arrays([expression])[expression]
@@ -161,15 +186,16 @@ def write_string_ttree(tmp_path: Path) -> str:
 def write_nested_rntuple(tmp_path: Path) -> str:
     path = tmp_path / "nested.root"
     with uproot.recreate(path) as file:  # a dict of arrays is written as an RNTuple
-        file["Events"] = {"x": np.arange(3.0),
-                          "name": ak.Array([[[1.0], [2.0, 3.0]], [], [[4.0]]])}
+        file["Events"] = {"x": np.arange(3.0), "name": ak.Array([[[1.0], [2.0, 3.0]], [], [[4.0]]])}
     return str(path)
 
 
 @pytest.mark.parametrize(
     ("write", "type_pattern"),
-    [(write_string_ttree, r"string|char"),
-     (write_nested_rntuple, r"var \* var|vector<\s*(std::)?vector")],
+    [
+        (write_string_ttree, r"string|char"),
+        (write_nested_rntuple, r"var \* var|vector<\s*(std::)?vector"),
+    ],
     ids=["string-ttree", "nested-vector-rntuple"],
 )
 def test_unsupported_branch_type_names_branch_and_type(
@@ -198,19 +224,30 @@ def write_nonfinite(write_tree: Callable[..., str], bad: float) -> str:
     jets[offsets[BAD_JAGGED_ENTRY]] = bad
     x = np.arange(NUM_EVENTS, dtype=np.float64)
     x[BAD_FLAT_ENTRY] = bad
-    return write_tree("nonfinite.root", {
-        "event": np.arange(NUM_EVENTS), "x": x, "J": ak.zip({"pt": ak.unflatten(jets, counts)}),
-    }, basket=10)
+    return write_tree(
+        "nonfinite.root",
+        {
+            "event": np.arange(NUM_EVENTS),
+            "x": x,
+            "J": ak.zip({"pt": ak.unflatten(jets, counts)}),
+        },
+        basket=10,
+    )
 
 
 @pytest.mark.parametrize("cut", [None, "event % 3 != 0"], ids=["no-cut", "cut"])
 @pytest.mark.parametrize("bad", [np.nan, -np.inf], ids=["nan", "-inf"])
 @pytest.mark.parametrize(
-    ("feature", "entry"), [("x", BAD_FLAT_ENTRY), ("J_pt", BAD_JAGGED_ENTRY)],
+    ("feature", "entry"),
+    [("x", BAD_FLAT_ENTRY), ("J_pt", BAD_JAGGED_ENTRY)],
     ids=["flat", "jagged"],
 )
 def test_nonfinite_value_names_file_tree_branch_and_entry(
-    read_all: Callable, write_tree: Callable[..., str], feature: str, entry: int, bad: float,
+    read_all: Callable,
+    write_tree: Callable[..., str],
+    feature: str,
+    entry: int,
+    bad: float,
     cut: str | None,
 ) -> None:
     path = write_nonfinite(write_tree, bad)
@@ -231,8 +268,9 @@ def test_nonfinite_value_in_events_removed_by_cut_is_never_seen(
     stats = compute_stats(path, [feature], cut=cut, step_size=10, progress=False)
     with uproot.open(path) as file:
         values = file["Events"].arrays([feature, "event"])
-    kept = values[feature][(values["event"] != BAD_FLAT_ENTRY)
-                           & (values["event"] != BAD_JAGGED_ENTRY)]
+    kept = values[feature][
+        (values["event"] != BAD_FLAT_ENTRY) & (values["event"] != BAD_JAGGED_ENTRY)
+    ]
     expected = ak.to_numpy(ak.flatten(kept, axis=None)).astype(np.float64)
     assert stats.count[feature] == expected.size
     assert stats.mean[feature] == pytest.approx(expected.mean())
@@ -243,11 +281,11 @@ def test_nonfinite_values_are_replaced_when_asked(
     write_tree: Callable[..., str], replacement: float
 ) -> None:
     path = write_nonfinite(write_tree, np.inf)
-    ds = RootIterableDataset(path, ["x", "J_pt"], normalize=None, max_length=3, step_size=10,
-                             nonfinite=replacement)
+    ds = RootIterableDataset(
+        path, ["x", "J_pt"], normalize=None, max_length=3, step_size=10, nonfinite=replacement
+    )
     out = read_x(ds)
-    stats = compute_stats(path, ["x", "J_pt"], step_size=10, nonfinite=replacement,
-                          progress=False)
+    stats = compute_stats(path, ["x", "J_pt"], step_size=10, nonfinite=replacement, progress=False)
     with uproot.open(path) as file:
         raw = file["Events"].arrays(["x", "J_pt"])
     x = ak.to_numpy(raw["x"])
@@ -339,8 +377,15 @@ def test_unreadable_chunk_raises_naming_file_tree_and_entries(corrupt: str) -> N
 def test_skip_yields_every_other_event_and_reports_the_chunk(
     corrupt: str, batch_size: int | None, shuffle: bool
 ) -> None:
-    ds = RootIterableDataset(corrupt, ["event"], normalize=None, step_size=100, on_error="skip",
-                             batch_size=batch_size, shuffle=shuffle)
+    ds = RootIterableDataset(
+        corrupt,
+        ["event"],
+        normalize=None,
+        step_size=100,
+        on_error="skip",
+        batch_size=batch_size,
+        shuffle=shuffle,
+    )
     with pytest.warns(RuntimeWarning, match=re.escape(corrupt)) as record:
         events = read_x(ds)["x"][:, 0].astype(np.int64)
     expected = sorted(set(range(NUM_CORRUPT_EVENTS)) - set(range(*BAD_CHUNK)))

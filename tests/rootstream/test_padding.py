@@ -127,3 +127,9 @@ def test_serving_does_not_import_torch():
     code = "import sys, serving; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_padded_slots_are_positive_zero_even_after_negative_values():
+    values, mask = pad(jagged([[-5.0], []]), 2, center=1.0, scale=1.0)
+    assert not np.signbit(values[~mask]).any()
+    assert values[0, 0] == -6.0

@@ -97,16 +97,19 @@ def two_files(numbered: Callable[..., str]) -> tuple[str, str]:
     [
         (None, lambda a: np.ones(len(a), dtype=bool)),
         ("NJet >= 2", lambda a: ak.to_numpy(a["NJet"]) >= 2),
-        ("(MET_px > 0) & (NMuon >= 1)",
-         lambda a: (ak.to_numpy(a["MET_px"]) > 0) & (ak.to_numpy(a["NMuon"]) >= 1)),
+        (
+            "(MET_px > 0) & (NMuon >= 1)",
+            lambda a: (ak.to_numpy(a["MET_px"]) > 0) & (ak.to_numpy(a["NMuon"]) >= 1),
+        ),
     ],
     ids=["no-cut", "NJet", "MET-and-NMuon"],
 )
 def test_stats_equal_numpy_on_selected_events(
     hzz: str, hzz_arrays: ak.Array, cut: str | None, select: Callable, step_size: int | str
 ) -> None:
-    stats = compute_stats(hzz, HZZ_FEATURES, tree=HZZ_TREE, cut=cut, step_size=step_size,
-                          progress=False)
+    stats = compute_stats(
+        hzz, HZZ_FEATURES, tree=HZZ_TREE, cut=cut, step_size=step_size, progress=False
+    )
     selected = hzz_arrays[select(hzz_arrays)]
     assert len(selected) > 0
     assert sorted(stats.branches) == sorted(HZZ_FEATURES)
@@ -115,7 +118,8 @@ def test_stats_equal_numpy_on_selected_events(
 
 
 @pytest.mark.parametrize(
-    "splits", [[1210], [0], [1, 2420], [500, 1000, 1001, 2000]],
+    "splits",
+    [[1210], [0], [1, 2420], [500, 1000, 1001, 2000]],
     ids=["halves", "empty-first", "single-events", "uneven"],
 )
 def test_merged_partial_stats_equal_stats_of_all_events(
@@ -173,8 +177,11 @@ def test_stats_of_other_data_are_rejected_saying_what_differs(
     if given_as == "path":
         stats.save(tmp_path / "stats.json")
         stats = str(tmp_path / "stats.json")
-    files, cut = {"other-file": (b, None), "extra-file": ([a, b], None),
-                  "other-cut": (a, "event >= 100")}[change]
+    files, cut = {
+        "other-file": (b, None),
+        "extra-file": ([a, b], None),
+        "other-cut": (a, "event >= 100"),
+    }[change]
     with pytest.raises(StatsMismatchError) as info:
         RootIterableDataset(files, ["event", "Jet_pt"], cut=cut, stats=stats)
     for pattern in expected:
@@ -187,8 +194,9 @@ def test_unbound_stats_apply_to_other_data(
 ) -> None:
     a, b = two_files
     stats_a = compute_stats(a, ["MET_pt", "Jet_pt"], progress=False)
-    ds = RootIterableDataset(b, ["MET_pt", "Jet_pt"], stats=stats_a.unbound(), max_length=2,
-                             batch_size=batch_size)
+    ds = RootIterableDataset(
+        b, ["MET_pt", "Jet_pt"], stats=stats_a.unbound(), max_length=2, batch_size=batch_size
+    )
     out = read_all(ds)
     with uproot.open(a) as fa, uproot.open(b) as fb:
         raw_a = fa["Events"].arrays(["MET_pt", "Jet_pt"])
@@ -221,12 +229,22 @@ def test_constant_branch_normalizes_to_zero(
 ) -> None:
     rng = np.random.default_rng(7)
     counts = rng.integers(0, 4, 300)
-    path = write_tree("const.root", {
-        "c": np.full(300, 0.1, dtype=np.float32),
-        "Jet": ak.zip({"pt": ak.unflatten(np.full(counts.sum(), 2.5, np.float32), counts)}),
-    }, basket=70)
-    ds = RootIterableDataset(path, ["c", "Jet_pt"], normalize=normalize, max_length=3,
-                             batch_size=batch_size, step_size=70)
+    path = write_tree(
+        "const.root",
+        {
+            "c": np.full(300, 0.1, dtype=np.float32),
+            "Jet": ak.zip({"pt": ak.unflatten(np.full(counts.sum(), 2.5, np.float32), counts)}),
+        },
+        basket=70,
+    )
+    ds = RootIterableDataset(
+        path,
+        ["c", "Jet_pt"],
+        normalize=normalize,
+        max_length=3,
+        batch_size=batch_size,
+        step_size=70,
+    )
     out = read_all(ds)
     assert np.isfinite(out["x"]).all()
     np.testing.assert_array_equal(out["x"], 0.0)
@@ -237,16 +255,24 @@ def test_constant_branch_normalizes_to_zero(
 @pytest.mark.parametrize("batch_size", [None, 500])
 @pytest.mark.parametrize("normalize", ["standard", "minmax"])
 def test_dataset_output_is_normalized_padded_and_masked(
-    hzz: str, hzz_arrays: ak.Array, normalize: str, batch_size: int | None,
+    hzz: str,
+    hzz_arrays: ak.Array,
+    normalize: str,
+    batch_size: int | None,
     max_length: int | None,
 ) -> None:
     # the jagged feature is listed first: flat features still come first in "x"
-    ds = RootIterableDataset(hzz, ["Jet_Px", "MET_px"], tree=HZZ_TREE, normalize=normalize,
-                             batch_size=batch_size, max_length=max_length)
+    ds = RootIterableDataset(
+        hzz,
+        ["Jet_Px", "MET_px"],
+        tree=HZZ_TREE,
+        normalize=normalize,
+        batch_size=batch_size,
+        max_length=max_length,
+    )
     out = read_all(ds)
     jets_raw = hzz_arrays["Jet_Px"]
-    length = max_length or length_quantile(ak.to_numpy(ak.num(jets_raw)),
-                                           DEFAULT_LENGTH_QUANTILE)
+    length = max_length or length_quantile(ak.to_numpy(ak.num(jets_raw)), DEFAULT_LENGTH_QUANTILE)
     assert ds.feature_names == ["MET_px", *(f"Jet_Px[{i}]" for i in range(length))]
     assert out["x"].dtype == np.float32
     assert out["mask"].dtype == np.bool_
@@ -255,18 +281,19 @@ def test_dataset_output_is_normalized_padded_and_masked(
     met = ak.to_numpy(hzz_arrays["MET_px"]).astype(np.float64)
     met_center, met_scale = center_and_scale(met, normalize)
     jet_center, jet_scale = center_and_scale(
-        ak.to_numpy(ak.flatten(jets_raw)).astype(np.float64), normalize)
+        ak.to_numpy(ak.flatten(jets_raw)).astype(np.float64), normalize
+    )
     jets, mask = padded(jets_raw, length)
 
-    np.testing.assert_allclose(out["x"][:, 0], (met - met_center) / met_scale,
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out["x"][:, 0], (met - met_center) / met_scale, rtol=1e-5, atol=1e-5)
     assert out["mask"][:, 0].all()
     np.testing.assert_array_equal(out["mask"][:, 1:], mask)
     # both events with all slots real and events with padded slots are checked
     assert mask.all(axis=1).any()
     assert not mask.all()
-    np.testing.assert_allclose(out["x"][:, 1:][mask], ((jets - jet_center) / jet_scale)[mask],
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        out["x"][:, 1:][mask], ((jets - jet_center) / jet_scale)[mask], rtol=1e-5, atol=1e-5
+    )
     np.testing.assert_array_equal(out["x"][:, 1:][~mask], 0.0)
 
 
@@ -278,12 +305,12 @@ def test_chunk_without_any_element_gives_zero_padding(
     counts = np.concatenate([np.zeros(70, dtype=np.int64), rng.integers(0, 4, 70)])
     jets = ak.unflatten(rng.normal(50, 10, counts.sum()).astype(np.float32), counts)
     path = write_tree("sparse.root", {"Jet": ak.zip({"pt": jets})}, basket=70)
-    ds = RootIterableDataset(path, ["Jet_pt"], max_length=3, batch_size=batch_size,
-                             step_size=70)
+    ds = RootIterableDataset(path, ["Jet_pt"], max_length=3, batch_size=batch_size, step_size=70)
     out = read_all(ds)
     values, mask = padded(jets, 3)
     content = ak.to_numpy(ak.flatten(jets)).astype(np.float64)
     np.testing.assert_array_equal(out["mask"], mask)
     np.testing.assert_array_equal(out["x"][~mask], 0.0)
-    np.testing.assert_allclose(out["x"][mask], ((values - content.mean()) / content.std())[mask],
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        out["x"][mask], ((values - content.mean()) / content.std())[mask], rtol=1e-5, atol=1e-5
+    )
