@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "RootIterableDataset": "rootstream.dataset",
     "Stats": "rootstream.stats",
-    "compute_stats": "rootstream.stats",
+    "compute_stats": "rootstream.parallel",
     "Spec": "rootstream.preprocess",
 }
 
@@ -23,7 +23,8 @@ __all__ = ["RootIterableDataset", "Spec", "Stats", "__version__", "compute_stats
 if TYPE_CHECKING:
     from rootstream.dataset import RootIterableDataset
     from rootstream.preprocess import Spec
-    from rootstream.stats import Stats, compute_stats
+    from rootstream.parallel import compute_stats
+    from rootstream.stats import Stats
 
 
 def __getattr__(name: str) -> Any:

@@ -28,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _stats(args: argparse.Namespace) -> None:
-    from rootstream.stats import compute_stats
+    from rootstream.parallel import compute_stats
 
     step = int(args.step_size) if args.step_size.isdigit() else args.step_size
     stats = compute_stats(args.files, args.features, tree=args.tree, cut=args.cut, step_size=step)

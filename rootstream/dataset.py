@@ -7,12 +7,13 @@ import fnmatch
 import os
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from rootstream.parallel import parallel_stats, rank_and_world_size
 from rootstream.prefetch import prefetch
 from rootstream.preprocess import (
     NORMALIZATIONS,
@@ -23,9 +24,8 @@ from rootstream.preprocess import (
     normalization,
 )
 from rootstream.reader import Block, EventReader, Split, TreeCache
-from rootstream.shuffle import balance_chunks, event_order, shard_chunks, split_windows
-from rootstream.sources import Chunk
-from rootstream.stats import Stats, stats_of
+from rootstream.shuffle import Piece, event_order, shard_pieces, split_windows
+from rootstream.stats import Stats
 
 __all__ = ["DEFAULT_LENGTH_QUANTILE", "RootIterableDataset"]
 
@@ -34,15 +34,19 @@ STATE_VERSION = 1
 Arrays = dict[str, np.ndarray]
 
 
-def shard_of_this_process() -> tuple[int, int]:
-    """``(shard, num_shards)``: this DataLoader worker of this torch.distributed rank."""
+class Shard(NamedTuple):
+    """This process's part of an epoch: a DataLoader worker of a torch.distributed rank."""
+
+    index: int
+    count: int
+    world_size: int
+
+
+def shard_of_this_process() -> Shard:
     info = get_worker_info()
     worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-    else:
-        rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    return rank * num_workers + worker, world * num_workers
+    rank, world = rank_and_world_size()
+    return Shard(rank * num_workers + worker, world * num_workers, world)
 
 
 class RootIterableDataset(IterableDataset):
@@ -73,6 +77,9 @@ class RootIterableDataset(IterableDataset):
         nonfinite: ``"raise"`` on NaN/inf in features, labels or weights, or a number
             that replaces them.
         task: ``"binary"``, ``"multiclass"`` or ``"regression"``; inferred when None.
+        even_batches: give every worker of every rank exactly the same number of events,
+            leaving out the last ``total % (ranks x workers)`` events of each epoch's order, so
+            that every rank runs the same number of steps. None: on when the world size > 1.
     """
 
     def __init__(
@@ -97,6 +104,7 @@ class RootIterableDataset(IterableDataset):
         shuffle_chunks: int = 4,
         nonfinite: str | float = "raise",
         task: str | None = None,
+        even_batches: bool | None = None,
     ) -> None:
         super().__init__()
         if on_error not in ("raise", "skip"):
@@ -125,8 +133,10 @@ class RootIterableDataset(IterableDataset):
         self.on_error = on_error
         self.epoch = 0
         self.skipped: list[dict[str, Any]] = []
+        self.even_batches = even_batches
         self._stats = self._given_stats(stats)
         self._spec = self._build_spec()
+        self._counts = self._count_if_reading_needed()
         self._position = self._fresh_position(0, 1)
         self._resume: dict[str, Any] | None = None
 
@@ -147,7 +157,7 @@ class RootIterableDataset(IterableDataset):
     def stats(self) -> Stats:
         """The statistics in use: given, or computed over every selected event."""
         if self._stats is None:
-            self._stats = stats_of(self._reader, skipped=self._skip_list)
+            self._stats = parallel_stats(self._reader, skipped=self._skip_list)
         return self._stats
 
     @property
@@ -259,7 +269,12 @@ class RootIterableDataset(IterableDataset):
         part._reader = copy.copy(self._reader)
         part._reader.split = split
         part._resume, part.skipped = None, []
+        part._counts = part._count_if_reading_needed()
         return part
+
+    def _count_if_reading_needed(self) -> list[int] | None:
+        """Count the selected events now, in this process, if that means reading a cut."""
+        return self._reader.selected_counts(skipped=self._skip_list) if self._reader.cut else None
 
     # ----------------------------------------------------------------- iteration
     @staticmethod
@@ -286,18 +301,21 @@ class RootIterableDataset(IterableDataset):
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         spec = self.spec
-        shard, num_shards = shard_of_this_process()
-        self._position = self._start_position(shard, num_shards)
-        chunks = shard_chunks(
-            balance_chunks(self._reader.chunks, num_shards),
-            shard,
-            num_shards,
+        shard = shard_of_this_process()
+        self._position = self._start_position(shard.index, shard.count)
+        even = self.even_batches if self.even_batches is not None else shard.world_size > 1
+        pieces = shard_pieces(
+            self._reader.chunks,
+            self._selected_counts() if shard.count > 1 or even else None,
+            shard.index,
+            shard.count,
             shuffle=self.shuffle,
             seed=self.seed,
             epoch=self.epoch,
+            even=even,
         )
-        windows = split_windows(chunks, self.shuffle_chunks if self.shuffle else 1)
-        stream = self._windows(spec, windows, shard)
+        windows = split_windows(pieces, self.shuffle_chunks if self.shuffle else 1)
+        stream = self._windows(spec, windows, shard.index)
         if self.batch_size is None:
             yield from self._events(stream)
         else:
@@ -305,7 +323,7 @@ class RootIterableDataset(IterableDataset):
         self._report_skipped()
 
     def _windows(
-        self, spec: Spec, windows: list[list[Chunk]], shard: int
+        self, spec: Spec, windows: list[list[Piece]], shard: int
     ) -> Iterator[tuple[Arrays, np.ndarray]]:
         """Yield each window's arrays and the order of its events not yet consumed.
 
@@ -330,12 +348,22 @@ class RootIterableDataset(IterableDataset):
             yield arrays, order[max(0, consumed - done) :]
             done += n
 
-    def _read_blocks(self, windows: list[list[Chunk]]) -> Iterator[list[Block]]:
-        """Read the selected events of each window's chunks, skipping unreadable ones if asked."""
+    def _read_blocks(self, windows: list[list[Piece]]) -> Iterator[list[Block]]:
+        """Read the selected events of each window's pieces, skipping unreadable ones if asked."""
         with TreeCache(self._reader.sources) as trees:
             for window in windows:
-                blocks = (self._reader.read(c, trees, skipped=self._skip_list) for c in window)
-                yield [b for b in blocks if b is not None]
+                yield [
+                    block.rows(piece.first, piece.stop)
+                    for piece in window
+                    if (block := self._reader.read(piece.chunk, trees, skipped=self._skip_list))
+                    is not None
+                ]
+
+    def _selected_counts(self) -> list[int]:
+        """Selected events per chunk: counted at construction when a cut needs reading."""
+        if self._counts is None:
+            self._counts = self._reader.selected_counts(skipped=self._skip_list)
+        return self._counts
 
     @property
     def _skip_list(self) -> list[dict[str, Any]] | None:

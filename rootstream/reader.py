@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from rootstream.errors import (
     ChunkReadError,
@@ -51,6 +52,24 @@ class Block:
 
     def __len__(self) -> int:
         return len(next(iter(self.columns.values())))
+
+    def rows(self, first: int, stop: int | None) -> Block:
+        """Events ``[first, stop)`` of the block (views, no copy)."""
+        if first == 0 and (stop is None or stop >= len(self)):
+            return self
+        return Block(
+            columns={k: slice_rows(c, first, stop) for k, c in self.columns.items()},
+            y=None if self.y is None else self.y[first:stop],
+            w=None if self.w is None else self.w[first:stop],
+        )
+
+
+def slice_rows(column: Column, first: int, stop: int | None) -> Column:
+    """Events ``[first, stop)`` of a column."""
+    if not isinstance(column, Jagged):
+        return column[first:stop]
+    offsets = column.offsets[first : None if stop is None else stop + 1]
+    return Jagged(offsets - offsets[0], column.content[offsets[0] : offsets[-1]])
 
 
 class TreeCache:
@@ -186,11 +205,57 @@ class EventReader:
         An unreadable chunk raises :class:`ChunkReadError`, or, when a ``skipped`` list is
         given, is recorded there (once) and None is returned.
         """
+        columns = self._read_columns(chunk, trees, self.expressions, skipped)
+        if columns is None:
+            return None
+        source = self.sources[chunk.source]
+        entries = np.arange(chunk.start, chunk.stop)
+        keep = self._selection(chunk.source, columns, entries)
+        if keep is not None:
+            columns = {name: select(col, keep) for name, col in columns.items()}
+            entries = entries[keep]
+        for name in self.expressions:
+            if name != self.cut:
+                columns[name] = self._finite(columns[name], name, source, entries)
+        return Block(
+            columns={f: columns[f] for f in self.features},
+            y=self._labels(source, columns, len(entries)),
+            w=None if self.weight is None else columns[self.weight].astype(np.float32),
+        )
+
+    def selected_counts(
+        self, *, skipped: list[dict[str, Any]] | None = None, progress: bool | None = None
+    ) -> list[int]:
+        """The number of selected events (cut and split part) of every chunk, in plan order.
+
+        Without a cut this reads nothing; with one, it reads only the cut's branches.
+        """
+        counts = []
+        with TreeCache(self.sources) as trees, tqdm(
+            total=self.num_entries, unit=" events", desc="counting", leave=False,
+            disable=not self.cut or (None if progress is None else not progress),
+        ) as bar:
+            for chunk in self.chunks:
+                entries = np.arange(chunk.start, chunk.stop)
+                columns = self._read_columns(chunk, trees, [self.cut], skipped) if self.cut else {}
+                if columns is None:
+                    counts.append(0)
+                else:
+                    keep = self._selection(chunk.source, columns, entries)
+                    counts.append(len(entries) if keep is None else int(keep.sum()))
+                bar.update(chunk.num_entries)
+        return counts
+
+    def _read_columns(
+        self,
+        chunk: Chunk,
+        trees: TreeCache,
+        expressions: Sequence[str],
+        skipped: list[dict[str, Any]] | None,
+    ) -> dict[str, Column] | None:
         source = self.sources[chunk.source]
         try:
-            columns = read_columns(
-                trees.get(chunk.source), self.expressions, chunk.start, chunk.stop
-            )
+            return read_columns(trees.get(chunk.source), expressions, chunk.start, chunk.stop)
         except RootStreamError:
             raise
         except Exception as err:
@@ -210,19 +275,6 @@ class EventReader:
             if record not in skipped:
                 skipped.append(record)
             return None
-        entries = np.arange(chunk.start, chunk.stop)
-        keep = self._selection(chunk.source, columns, entries)
-        if keep is not None:
-            columns = {name: select(col, keep) for name, col in columns.items()}
-            entries = entries[keep]
-        for name in self.expressions:
-            if name != self.cut:
-                columns[name] = self._finite(columns[name], name, source, entries)
-        return Block(
-            columns={f: columns[f] for f in self.features},
-            y=self._labels(source, columns, len(entries)),
-            w=None if self.weight is None else columns[self.weight].astype(np.float32),
-        )
 
     def _selection(
         self, index: int, columns: Mapping[str, Column], entries: np.ndarray

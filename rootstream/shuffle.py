@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
 from rootstream.sources import Chunk
 
-__all__ = ["balance_chunks", "event_order", "is_held_out", "shard_chunks", "split_windows"]
+__all__ = ["Piece", "chunk_order", "event_order", "is_held_out", "shard_pieces", "split_windows"]
 
 
 def rng(seed: int, epoch: int, *stream: int) -> np.random.Generator:
@@ -21,37 +22,63 @@ def rng(seed: int, epoch: int, *stream: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, *stream])
 
 
-def balance_chunks(chunks: Sequence[Chunk], num_shards: int) -> list[Chunk]:
-    """Halve the largest chunks until every shard can get at least one."""
-    chunks = list(chunks)
-    while len(chunks) < num_shards:
-        largest = max(range(len(chunks)), key=lambda i: chunks[i].num_entries, default=None)
-        if largest is None or chunks[largest].num_entries < 2:
-            break
-        c = chunks.pop(largest)
-        middle = (c.start + c.stop) // 2
-        chunks[largest:largest] = [
-            Chunk(c.source, c.start, middle),
-            Chunk(c.source, middle, c.stop),
-        ]
-    return chunks
+class Piece(NamedTuple):
+    """The selected events ``[first, stop)`` of a chunk; ``stop`` None means to its end."""
+
+    chunk: Chunk
+    first: int = 0
+    stop: int | None = None
 
 
-def shard_chunks(
-    chunks: Sequence[Chunk], shard: int, num_shards: int, *, shuffle: bool, seed: int, epoch: int
-) -> list[Chunk]:
-    """The chunks one shard (a worker of a rank) reads this epoch, in reading order.
+def chunk_order(num_chunks: int, *, shuffle: bool, seed: int, epoch: int) -> np.ndarray:
+    """The order in which chunks are read this epoch: a permutation seeded by (seed, epoch)."""
+    return rng(seed, epoch).permutation(num_chunks) if shuffle else np.arange(num_chunks)
 
-    The chunk order is a permutation seeded by (seed, epoch) when shuffling; shards take
-    every ``num_shards``-th chunk of it, so each chunk goes to exactly one shard.
+
+def shard_pieces(
+    chunks: Sequence[Chunk],
+    counts: Sequence[int] | None,
+    shard: int,
+    num_shards: int,
+    *,
+    shuffle: bool,
+    seed: int,
+    epoch: int,
+    even: bool = False,
+) -> list[Piece]:
+    """The pieces of chunks one shard (a worker of a rank) reads this epoch, in order.
+
+    The chunks, in this epoch's order, hold a sequence of selected events (``counts`` per
+    chunk); shard k takes the k-th of ``num_shards`` consecutive runs of it. The runs differ
+    by at most one event, or, with ``even``, all hold ``total // num_shards`` events and the
+    last ``total % num_shards`` events of the epoch's order are left out. A chunk at the
+    border of two runs is read by both shards, each keeping its part. ``counts`` may be None
+    for a single shard.
     """
-    order = rng(seed, epoch).permutation(len(chunks)) if shuffle else np.arange(len(chunks))
-    return [chunks[i] for i in order[shard::num_shards]]
+    order = chunk_order(len(chunks), shuffle=shuffle, seed=seed, epoch=epoch)
+    if num_shards == 1 and not even:
+        return [Piece(chunks[i]) for i in order]
+    if counts is None:
+        raise ValueError("several shards need the number of selected events of every chunk")
+    ordered = np.asarray(counts, dtype=np.int64)[order]
+    total = int(ordered.sum())
+    if even:
+        low, high = shard * (total // num_shards), (shard + 1) * (total // num_shards)
+    else:
+        low, high = shard * total // num_shards, (shard + 1) * total // num_shards
+    ends = np.cumsum(ordered)
+    pieces = []
+    for i, end in zip(order, ends.tolist(), strict=True):
+        start = end - int(counts[i])
+        first, stop = max(low, start), min(high, end)
+        if first < stop:
+            pieces.append(Piece(chunks[i], first - start, stop - start))
+    return pieces
 
 
-def split_windows(chunks: Sequence[Chunk], size: int) -> list[list[Chunk]]:
-    """Group consecutive chunks into shuffle windows of ``size`` chunks."""
-    return [list(chunks[i : i + size]) for i in range(0, len(chunks), size)]
+def split_windows(pieces: Sequence[Piece], size: int) -> list[list[Piece]]:
+    """Group consecutive pieces into shuffle windows of ``size`` pieces."""
+    return [list(pieces[i : i + size]) for i in range(0, len(pieces), size)]
 
 
 def event_order(

@@ -17,7 +17,7 @@ from rootstream.prefetch import prefetch
 from rootstream.preprocess import Column, Jagged
 from rootstream.reader import EventReader, TreeCache
 
-__all__ = ["QUANTILES", "Stats", "compute_stats"]
+__all__ = ["QUANTILES", "Stats", "chunk_partials", "merge_partials", "stats_of"]
 
 STATS_VERSION = 1
 QUANTILES = (0.5, 0.9, 0.95, 0.99, 1.0)
@@ -255,56 +255,60 @@ def _fingerprint_differences(expected: dict, actual: dict) -> list[str]:
     return problems
 
 
+def chunk_partials(
+    reader: EventReader,
+    indices: Sequence[int],
+    *,
+    skipped: list[dict[str, Any]] | None = None,
+    bar: tqdm | None = None,
+) -> list[tuple[int, Stats]]:
+    """The statistics of each chunk ``reader.chunks[i]`` for i in ``indices``, on its own.
+
+    Reading runs one chunk ahead in a background thread. With a ``skipped`` list,
+    unreadable chunks are recorded there (and left out) instead of raising.
+    """
+    partials = []
+    with TreeCache(reader.sources) as trees:
+        chunks = ((i, reader.chunks[i]) for i in indices)
+        blocks = prefetch((i, c, reader.read(c, trees, skipped=skipped)) for i, c in chunks)
+        for index, chunk, block in blocks:
+            if block is not None:
+                partials.append((index, Stats.of(block.columns)))
+            if bar is not None:
+                bar.update(chunk.num_entries)
+    return partials
+
+
+def merge_partials(reader: EventReader, partials: Iterable[tuple[int, Stats]]) -> Stats:
+    """Merge per-chunk partial results in chunk order, so every process gets the same result."""
+    empty = Stats.of({f: _empty_like(reader.jagged[f]) for f in reader.features})
+    ordered = [stats for _, stats in sorted(partials, key=lambda p: p[0])]
+    return Stats(Stats.merge_all([empty, *ordered])._moments, reader.fingerprint())
+
+
+def progress_bar(total: int, desc: str, progress: bool | None) -> tqdm:
+    """A tqdm bar shown on a terminal only (or as ``progress`` says)."""
+    return tqdm(
+        total=total,
+        unit=" events",
+        desc=desc,
+        leave=False,
+        disable=None if progress is None else not progress,
+    )
+
+
 def stats_of(
     reader: EventReader,
     *,
     progress: bool | None = None,
     skipped: list[dict[str, Any]] | None = None,
 ) -> Stats:
-    """One pass over every selected event of a reader (a progress bar on a terminal).
-
-    With a ``skipped`` list, unreadable chunks are recorded there instead of raising.
-    """
-    parts = [Stats.of({f: _empty_like(reader.jagged[f]) for f in reader.features})]
-    with (
-        TreeCache(reader.sources) as trees,
-        tqdm(
-            total=reader.num_entries,
-            unit=" events",
-            desc="statistics",
-            disable=None if progress is None else not progress,
-            leave=False,
-        ) as bar,
-    ):
-        blocks = prefetch((c, reader.read(c, trees, skipped=skipped)) for c in reader.chunks)
-        for chunk, block in blocks:
-            if block is not None:
-                parts.append(Stats.of(block.columns))
-            bar.update(chunk.num_entries)
-    return Stats(Stats.merge_all(parts)._moments, reader.fingerprint())
+    """One pass over every selected event of a reader, in this process."""
+    with progress_bar(reader.num_entries, "statistics", progress) as bar:
+        partials = chunk_partials(reader, range(len(reader.chunks)), skipped=skipped, bar=bar)
+    return merge_partials(reader, partials)
 
 
 def _empty_like(jagged: bool) -> Column:
     empty = np.zeros(0, dtype=np.float64)
     return Jagged(np.zeros(1, dtype=np.int64), empty) if jagged else empty
-
-
-def compute_stats(
-    files: str | Sequence[str] | Mapping[str, Any],
-    features: Sequence[str],
-    *,
-    tree: str = "Events",
-    cut: str | None = None,
-    step_size: int | str = "100 MB",
-    nonfinite: str | float = "raise",
-    progress: bool | None = None,
-) -> Stats:
-    """Compute the statistics of ``features`` over every event of ``files`` passing ``cut``.
-
-    Arguments mean what they mean for :class:`rootstream.RootIterableDataset`.
-    ``progress=None`` shows a progress bar only on a terminal.
-    """
-    reader = EventReader(
-        files, features, tree=tree, cut=cut, step_size=step_size, nonfinite=nonfinite
-    )
-    return stats_of(reader, progress=progress)

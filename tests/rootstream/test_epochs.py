@@ -146,14 +146,14 @@ def test_statistics_are_computed_once_in_the_main_process(files, monkeypatch, tm
     import rootstream.dataset
 
     log = tmp_path / "passes.log"  # a file, so that passes in worker processes count too
-    real = rootstream.dataset.stats_of
+    real = rootstream.dataset.parallel_stats
 
     def logged(*args, **kwargs):
         with open(log, "a") as f:
             f.write(f"{os.getpid()}\n")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(rootstream.dataset, "stats_of", logged)
+    monkeypatch.setattr(rootstream.dataset, "parallel_stats", logged)
     ds = dataset(files, normalize="standard", batch_size=100)
     for epoch in range(2):
         ds.set_epoch(epoch)
@@ -183,3 +183,32 @@ def test_resume_with_workers_through_stateful_dataloader(files):
     assert len(head) + len(rest) == len(full)
     for got, expected in zip(head + rest, full, strict=True):
         torch.testing.assert_close(got, expected)
+
+
+def run_as_rank(ds, rank, world_size, monkeypatch, num_workers=0):
+    """Iterate as rank ``rank`` of ``world_size`` would (torch.distributed's env variables)."""
+    monkeypatch.setenv("RANK", str(rank))
+    monkeypatch.setenv("WORLD_SIZE", str(world_size))
+    return list(DataLoader(ds, batch_size=None, num_workers=num_workers))
+
+
+@pytest.mark.parametrize(("world_size", "num_workers"), [(2, 0), (3, 2), (4, 0)])
+def test_ranks_get_equal_batches_and_disjoint_events(files, monkeypatch, world_size, num_workers):
+    ds = dataset(files, batch_size=32, cut="MET_pt > 10")
+    selected = set(event_ids(dataset(files, batch_size=NUM_EVENTS, cut="MET_pt > 10")))
+    ds.set_epoch(1)
+    per_rank = [run_as_rank(ds, r, world_size, monkeypatch, num_workers) for r in range(world_size)]
+    assert len({len(batches) for batches in per_rank}) == 1  # the same number of steps
+    ids = [event_ids(batches) for batches in per_rank]
+    taken = [i for rank in ids for i in rank]
+    assert len(taken) == len(set(taken))
+    assert set(taken) <= selected
+    left_out = len(selected) - len(taken)
+    assert left_out < world_size * max(num_workers, 1)  # even_batches' remainder only
+
+
+def test_without_even_batches_every_selected_event_appears_once(files, monkeypatch):
+    ds = dataset(files, batch_size=32, cut="MET_pt > 10", even_batches=False)
+    selected = sorted(event_ids(dataset(files, batch_size=NUM_EVENTS, cut="MET_pt > 10")))
+    taken = [i for r in range(3) for i in event_ids(run_as_rank(ds, r, 3, monkeypatch))]
+    assert sorted(taken) == selected

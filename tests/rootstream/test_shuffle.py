@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import pytest
 
 from rootstream.shuffle import (
-    balance_chunks,
+    Piece,
+    chunk_order,
     event_order,
     is_held_out,
-    shard_chunks,
+    shard_pieces,
     split_windows,
 )
 from rootstream.sources import Chunk
@@ -21,47 +20,95 @@ def chunks_of(sizes):
     return [Chunk(i % 3, 1000 * i, 1000 * i + s) for i, s in enumerate(sizes)]
 
 
-@pytest.mark.parametrize("num_shards", [1, 2, 3, 4, 7])
-@pytest.mark.parametrize("shuffle", [False, True])
-def test_every_chunk_goes_to_exactly_one_shard(num_shards, shuffle):
-    chunks = chunks_of(range(1, 20))
-    taken = [
-        c
-        for s in range(num_shards)
-        for c in shard_chunks(chunks, s, num_shards, shuffle=shuffle, seed=3, epoch=1)
+def expand(pieces, counts, chunks):
+    """The (chunk position, selected event) pairs that pieces cover."""
+    index = {c: i for i, c in enumerate(chunks)}
+    return [
+        (index[p.chunk], e)
+        for p in pieces
+        for e in range(p.first, counts[index[p.chunk]] if p.stop is None else p.stop)
     ]
-    assert sorted(taken) == sorted(chunks)
+
+
+@pytest.mark.parametrize("num_shards", [1, 2, 3, 4, 7, 40])
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_every_selected_event_goes_to_exactly_one_shard(num_shards, shuffle):
+    chunks = chunks_of(range(1, 20))
+    counts = [c.num_entries // 2 for c in chunks]  # as if a cut kept half
+    per_shard = [
+        expand(
+            shard_pieces(chunks, counts, s, num_shards, shuffle=shuffle, seed=3, epoch=1),
+            counts,
+            chunks,
+        )
+        for s in range(num_shards)
+    ]
+    taken = [e for shard in per_shard for e in shard]
+    assert sorted(taken) == sorted((i, e) for i, n in enumerate(counts) for e in range(n))
+    sizes = [len(shard) for shard in per_shard]
+    assert max(sizes) - min(sizes) <= 1
+
+
+@pytest.mark.parametrize("num_shards", [2, 3, 7])
+def test_even_shards_hold_equal_events_and_leave_out_less_than_one_per_shard(num_shards):
+    chunks = chunks_of(range(1, 30))
+    counts = [c.num_entries for c in chunks]
+    per_shard = [
+        expand(
+            shard_pieces(chunks, counts, s, num_shards, shuffle=True, seed=0, epoch=4, even=True),
+            counts,
+            chunks,
+        )
+        for s in range(num_shards)
+    ]
+    total = sum(counts)
+    assert {len(shard) for shard in per_shard} == {total // num_shards}
+    taken = [e for shard in per_shard for e in shard]
+    assert len(set(taken)) == len(taken)
+    assert total - len(taken) == total % num_shards
+
+
+def test_left_out_events_change_with_the_epoch():
+    chunks = chunks_of(range(1, 30))
+    counts = [c.num_entries for c in chunks]
+
+    def left_out(epoch):
+        taken = {
+            e
+            for s in range(4)
+            for e in expand(
+                shard_pieces(chunks, counts, s, 4, shuffle=True, seed=0, epoch=epoch, even=True),
+                counts,
+                chunks,
+            )
+        }
+        return {(i, e) for i, n in enumerate(counts) for e in range(n)} - taken
+
+    assert left_out(0) != left_out(1)
+
+
+def test_a_single_shard_reads_whole_chunks_without_counts():
+    chunks = chunks_of(range(1, 6))
+    pieces = shard_pieces(chunks, None, 0, 1, shuffle=False, seed=0, epoch=0)
+    assert pieces == [Piece(c) for c in chunks]
+    with pytest.raises(ValueError, match="number of selected events"):
+        shard_pieces(chunks, None, 0, 2, shuffle=False, seed=0, epoch=0)
 
 
 def test_chunk_order_depends_on_seed_and_epoch_only():
-    chunks = chunks_of(range(1, 50))
-    order = shard_chunks(chunks, 0, 1, shuffle=True, seed=1, epoch=2)
-    assert order == shard_chunks(list(chunks), 0, 1, shuffle=True, seed=1, epoch=2)
-    assert order != shard_chunks(chunks, 0, 1, shuffle=True, seed=1, epoch=3)
-    assert order != shard_chunks(chunks, 0, 1, shuffle=True, seed=2, epoch=2)
-
-
-@pytest.mark.parametrize("num_shards", [2, 5, 16])
-def test_balance_splits_chunks_until_every_shard_has_one_and_keeps_entries(num_shards):
-    chunks = [Chunk(0, 0, 1000), Chunk(1, 0, 10)]
-    balanced = balance_chunks(chunks, num_shards)
-    assert len(balanced) >= num_shards
-    for source, total in ((0, 1000), (1, 10)):
-        ranges = sorted((c.start, c.stop) for c in balanced if c.source == source)
-        assert ranges[0][0] == 0
-        assert ranges[-1][1] == total
-        assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges))
-
-
-def test_balance_cannot_split_single_entries():
-    assert balance_chunks([Chunk(0, 0, 1)], 4) == [Chunk(0, 0, 1)]
+    order = chunk_order(50, shuffle=True, seed=1, epoch=2)
+    assert sorted(order) == list(range(50))
+    np.testing.assert_array_equal(order, chunk_order(50, shuffle=True, seed=1, epoch=2))
+    assert not np.array_equal(order, chunk_order(50, shuffle=True, seed=1, epoch=3))
+    assert not np.array_equal(order, chunk_order(50, shuffle=True, seed=2, epoch=2))
+    np.testing.assert_array_equal(chunk_order(5, shuffle=False, seed=1, epoch=2), np.arange(5))
 
 
 def test_windows_are_consecutive_groups():
-    chunks = chunks_of(range(1, 11))
-    windows = split_windows(chunks, 4)
+    pieces = [Piece(c) for c in chunks_of(range(1, 11))]
+    windows = split_windows(pieces, 4)
     assert [len(w) for w in windows] == [4, 4, 2]
-    assert [c for w in windows for c in w] == chunks
+    assert [p for w in windows for p in w] == pieces
 
 
 def test_event_order_is_a_seeded_permutation():
