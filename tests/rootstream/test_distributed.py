@@ -33,8 +33,8 @@ needs_isolation = pytest.mark.skipif(
 )
 
 
-def torchrun(out: Path, files: list[str], *args: str) -> None:
-    """Run ddp_check.py on 2 ranks in a private network namespace; fail with its output."""
+def run_isolated(script: str, *args: str) -> str:
+    """Run a script on 2 ranks in a private network namespace; return its output."""
     command = [
         "unshare",
         "--net",
@@ -50,14 +50,18 @@ def torchrun(out: Path, files: list[str], *args: str) -> None:
         "--nproc_per_node=2",
         "--master_addr=127.0.0.1",
         "--master_port=29500",
-        str(CHECK),
-        str(out),
-        *files,
+        script,
         *args,
     ]
     env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def torchrun(out: Path, files: list[str], *args: str) -> None:
+    """Run ddp_check.py on 2 ranks."""
+    run_isolated(str(CHECK), str(out), *files, *args)
 
 
 def selected_events(files: list[str]) -> list[int]:
@@ -121,3 +125,14 @@ def test_statistics_with_workers_equal_a_single_process_pass(files):
     assert shared.length_quantiles == single.length_quantiles
     assert shared.fingerprint == single.fingerprint
     assert EventReader(files, ["MET_pt"], cut="MET_pt > 5").num_entries == NUM_EVENTS
+
+
+@needs_isolation
+def test_ddp_example_trains_stops_and_resumes(tmp_path):
+    example = Path(__file__).parents[2] / "examples" / "train_ddp.py"
+    options = ["--events", "1500", "--epochs", "1", "--batch-size", "128", "--out", str(tmp_path)]
+    stopped = run_isolated(str(example), *options, "--stop-after", "3")
+    assert "stopped after step 3" in stopped
+    resumed = run_isolated(str(example), *options, "--resume")
+    assert "validation AUC" in resumed
+    assert (tmp_path / "model.pt").exists()
