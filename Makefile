@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint bench clean
+.PHONY: test demo lint bench bench-remote clean xrootd-server
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,9 +14,18 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
-test: $(STAMP)
+test: $(STAMP) xrootd-server
 	$(PY) -m ruff check .
 	$(PY) -m pytest
+
+# The XRootD server of the remote-reading tests, from apt where there is apt and it is
+# missing; without it those tests skip, saying why.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
+xrootd-server:
+	@command -v xrootd >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq xrootd-server xrootd-client >/dev/null; } || \
+	  echo "could not install xrootd-server with apt: the XRootD tests will be skipped"
 
 demo: $(STAMP)
 	$(PY) examples/train_demo.py
@@ -27,6 +36,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/loader.py
+
+bench-remote: $(STAMP) xrootd-server
+	$(PY) benchmarks/remote.py
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache .ruff_cache

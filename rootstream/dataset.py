@@ -23,7 +23,14 @@ from rootstream.preprocess import (
     assemble,
     normalization,
 )
-from rootstream.reader import Block, EventReader, Split, TreeCache
+from rootstream.reader import (
+    DEFAULT_RETRIES,
+    DEFAULT_RETRY_WAIT,
+    Block,
+    EventReader,
+    Split,
+    TreeCache,
+)
 from rootstream.shuffle import Piece, event_order, shard_pieces, split_windows
 from rootstream.stats import Stats
 
@@ -80,6 +87,9 @@ class RootIterableDataset(IterableDataset):
         even_batches: give every worker of every rank exactly the same number of events,
             leaving out the last ``total % (ranks x workers)`` events of each epoch's order, so
             that every rank runs the same number of steps. None: on when the world size > 1.
+        retries: how many times a transient failure (connection refused or reset, timeout,
+            server restart) is retried: the file is reopened and the same chunk read again.
+        retry_wait: seconds before the first retry, doubled before each next one.
     """
 
     def __init__(
@@ -105,6 +115,8 @@ class RootIterableDataset(IterableDataset):
         nonfinite: str | float = "raise",
         task: str | None = None,
         even_batches: bool | None = None,
+        retries: int = DEFAULT_RETRIES,
+        retry_wait: float = DEFAULT_RETRY_WAIT,
     ) -> None:
         super().__init__()
         if on_error not in ("raise", "skip"):
@@ -124,6 +136,8 @@ class RootIterableDataset(IterableDataset):
             step_size=step_size,
             nonfinite=nonfinite,
             task=task,
+            retries=retries,
+            retry_wait=retry_wait,
         )
         self._groups = groups
         self._max_length = max_length

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from rootstream.reader import EventReader
+from rootstream.reader import DEFAULT_RETRIES, DEFAULT_RETRY_WAIT, EventReader
 from rootstream.stats import Stats, chunk_partials, merge_partials, progress_bar
 
 __all__ = ["compute_stats", "parallel_stats", "rank_and_world_size"]
@@ -108,6 +108,8 @@ def compute_stats(
     nonfinite: str | float = "raise",
     num_workers: int = 0,
     progress: bool | None = None,
+    retries: int = DEFAULT_RETRIES,
+    retry_wait: float = DEFAULT_RETRY_WAIT,
 ) -> Stats:
     """Compute the statistics of ``features`` over every event of ``files`` passing ``cut``.
 
@@ -117,6 +119,13 @@ def compute_stats(
     The result equals a single-process pass to floating-point rounding.
     """
     reader = EventReader(
-        files, features, tree=tree, cut=cut, step_size=step_size, nonfinite=nonfinite
+        files,
+        features,
+        tree=tree,
+        cut=cut,
+        step_size=step_size,
+        nonfinite=nonfinite,
+        retries=retries,
+        retry_wait=retry_wait,
     )
     return parallel_stats(reader, num_workers=num_workers, progress=progress)

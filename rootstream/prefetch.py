@@ -22,8 +22,10 @@ def prefetch(items: Iterable[T], depth: int = 1) -> Iterator[T]:
     """Yield ``items`` while a background thread produces up to ``depth`` items ahead.
 
     Decompression (zlib, lz4, zstd) and large numpy operations release the GIL, so reading
-    the next chunk overlaps with preprocessing the current one. An exception raised by the
-    producer is re-raised here, in order; closing this generator stops the producer.
+    the next chunk overlaps with preprocessing the current one. Memory stays bounded: at
+    most ``depth + 2`` items exist at once (the one consumed, ``depth`` queued, one the
+    producer waits to queue). An exception raised by the producer is re-raised here, in
+    order; closing this generator stops the producer.
     """
     ready: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()

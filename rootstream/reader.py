@@ -1,10 +1,19 @@
-"""Reading the selected events of many sources, chunk by chunk, as numpy columns (no torch)."""
+"""Reading the selected events of many sources, chunk by chunk, as numpy columns (no torch).
+
+A transient failure (see :func:`rootstream.sources.is_transient`) while opening a file or
+reading a chunk closes the file, waits, reopens it and reads the same chunk again, up to
+``retries`` times with exponentially growing waits; each retry is logged on the
+``rootstream`` logger. Nothing of a failed chunk has been yielded, so no event is lost or
+duplicated.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from tqdm import tqdm
@@ -12,7 +21,6 @@ from tqdm import tqdm
 from rootstream.errors import (
     ChunkReadError,
     NonFiniteValueError,
-    RootStreamError,
     UnsupportedBranchError,
 )
 from rootstream.preprocess import Column, Jagged
@@ -20,7 +28,9 @@ from rootstream.shuffle import is_held_out
 from rootstream.sources import (
     Chunk,
     Source,
+    close_tree,
     inspect_source,
+    is_transient,
     open_tree,
     parse_files,
     plan_chunks,
@@ -31,6 +41,11 @@ from rootstream.sources import (
 __all__ = ["Block", "EventReader", "Split", "TreeCache"]
 
 TASKS = ("binary", "multiclass", "regression")
+DEFAULT_RETRIES = 5
+DEFAULT_RETRY_WAIT = 1.0  # seconds before the first retry; doubled before each next one
+
+logger = logging.getLogger("rootstream")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -84,13 +99,21 @@ class TreeCache:
             self._trees[index] = open_tree(self._sources[index])
         return self._trees[index]
 
+    def source(self, index: int) -> Source:
+        return self._sources[index]
+
+    def drop(self, index: int) -> None:
+        """Close a source's file (if open), so that the next ``get`` reopens it."""
+        tree = self._trees.pop(index, None)
+        if tree is not None:
+            close_tree(tree)
+
     def __enter__(self) -> TreeCache:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for tree in self._trees.values():
-            tree.file.close()
-        self._trees.clear()
+        for index in list(self._trees):
+            self.drop(index)
 
 
 def _flat(column: Column, what: str) -> np.ndarray:
@@ -140,6 +163,8 @@ class EventReader:
         nonfinite: str | float = "raise",
         task: str | None = None,
         split: Split | None = None,
+        retries: int = DEFAULT_RETRIES,
+        retry_wait: float = DEFAULT_RETRY_WAIT,
     ) -> None:
         if isinstance(features, str) or not features:
             raise TypeError("features must be a non-empty list of branch names or expressions")
@@ -153,6 +178,11 @@ class EventReader:
             raise TypeError(
                 f"nonfinite must be 'raise' or a number to replace with, not {nonfinite!r}"
             )
+        if not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"retries must be a whole number >= 0, not {retries!r}")
+        if not retry_wait >= 0:
+            raise ValueError(f"retry_wait must be a number of seconds >= 0, not {retry_wait!r}")
+        self.retries, self.retry_wait = retries, float(retry_wait)
         self.sources = parse_files(files, tree)
         self.features = list(features)
         self.label, self.weight, self.cut = label, weight, cut
@@ -175,10 +205,17 @@ class EventReader:
         infos, probe = [], None
         for source in self.sources:
             with TreeCache([source]) as trees:
-                tree = trees.get(0)
-                infos.append(inspect_source(tree, self.expressions, step_size))
+                info = self._with_retries(
+                    trees,
+                    0,
+                    "the tree's metadata",
+                    lambda tree: inspect_source(tree, self.expressions, step_size),
+                )
+                infos.append(info)
                 if probe is None:
-                    probe = probe_columns(tree, self.expressions)
+                    probe = self._with_retries(
+                        trees, 0, "entry 0", lambda tree: probe_columns(tree, self.expressions)
+                    )
         return probe, infos
 
     @property
@@ -231,10 +268,16 @@ class EventReader:
         Without a cut this reads nothing; with one, it reads only the cut's branches.
         """
         counts = []
-        with TreeCache(self.sources) as trees, tqdm(
-            total=self.num_entries, unit=" events", desc="counting", leave=False,
-            disable=not self.cut or (None if progress is None else not progress),
-        ) as bar:
+        with (
+            TreeCache(self.sources) as trees,
+            tqdm(
+                total=self.num_entries,
+                unit=" events",
+                desc="counting",
+                leave=False,
+                disable=not self.cut or (None if progress is None else not progress),
+            ) as bar,
+        ):
             for chunk in self.chunks:
                 entries = np.arange(chunk.start, chunk.stop)
                 columns = self._read_columns(chunk, trees, [self.cut], skipped) if self.cut else {}
@@ -255,13 +298,19 @@ class EventReader:
     ) -> dict[str, Column] | None:
         source = self.sources[chunk.source]
         try:
-            return read_columns(trees.get(chunk.source), expressions, chunk.start, chunk.stop)
-        except RootStreamError:
+            return self._with_retries(
+                trees,
+                chunk.source,
+                f"entries {chunk.start} to {chunk.stop}",
+                lambda tree: read_columns(tree, expressions, chunk.start, chunk.stop),
+            )
+        except UnsupportedBranchError:
             raise
         except Exception as err:
+            gave_up = f" (still failing after {self.retries} retries)" if is_transient(err) else ""
             error = ChunkReadError(
                 f"cannot read entries {chunk.start} to {chunk.stop} of {source}: "
-                f"{type(err).__name__}: {err}"
+                f"{type(err).__name__}: {err}{gave_up}"
             )
             if skipped is None:
                 raise error from err
@@ -275,6 +324,33 @@ class EventReader:
             if record not in skipped:
                 skipped.append(record)
             return None
+
+    def _with_retries(
+        self, trees: TreeCache, index: int, what: str, action: Callable[[Any], T]
+    ) -> T:
+        """``action(tree)`` on a source's tree, reopening it and retrying on transient errors."""
+        attempt = 0
+        while True:
+            try:
+                return action(trees.get(index))
+            except Exception as err:
+                if attempt >= self.retries or not is_transient(err):
+                    raise
+                wait = self.retry_wait * 2**attempt
+                attempt += 1
+                logger.warning(
+                    "reading %s of %s failed (%s: %s); reopening the file in %.3g s, "
+                    "retry %d of %d",
+                    what,
+                    trees.source(index),
+                    type(err).__name__,
+                    err,
+                    wait,
+                    attempt,
+                    self.retries,
+                )
+                trees.drop(index)
+                time.sleep(wait)
 
     def _selection(
         self, index: int, columns: Mapping[str, Column], entries: np.ndarray

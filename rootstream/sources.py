@@ -1,21 +1,36 @@
 """Everything that touches ROOT files: file specs, opening trees, chunk plans, reading.
 
 This is the only module that imports uproot and awkward. It hands numpy
-columns (see :mod:`rootstream.preprocess`) to the rest of the package.
+columns (see :mod:`rootstream.preprocess`) to the rest of the package. Local paths and
+URLs (``root://``, ``http(s)://``, any fsspec URL) take the same path through uproot's
+fsspec source; :func:`is_transient` tells network failures worth retrying from
+permanent ones.
 """
 
 from __future__ import annotations
 
 import ast
+import asyncio
+import atexit
+import contextlib
+import errno
+import functools
 import glob
 import os
+import re
+import sys
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import awkward as ak
+import fsspec
+import fsspec.implementations.cached
 import numpy as np
 import uproot
+import uproot.source.fsspec
+from fsspec.exceptions import FSTimeoutError
 
 from rootstream.errors import (
     BranchNotFoundError,
@@ -26,10 +41,27 @@ from rootstream.errors import (
 )
 from rootstream.preprocess import Column, Jagged
 
-__all__ = ["Chunk", "Source", "SourceInfo", "inspect_source", "parse_files", "plan_chunks"]
+__all__ = [
+    "Chunk",
+    "Source",
+    "SourceInfo",
+    "close_tree",
+    "inspect_source",
+    "is_transient",
+    "open_tree",
+    "parse_files",
+    "plan_chunks",
+]
 
 _TREE_CLASSES = ("TTree", "ROOT::RNTuple")
 _GLOB_CHARS = set("*?[")
+# "file.root:tree" (also "file.root.1:tree", any case); the last such colon, as uproot does
+_TREE_SPEC = re.compile(r"(?P<path>.+\.root(?:\.\d+)?):(?P<tree>[^:]+)", re.IGNORECASE)
+_INSTALL = {
+    "root": "pip install fsspec-xrootd xrootd (or conda install -c conda-forge fsspec-xrootd)",
+    "http": 'pip install "fsspec[http]"',
+    "https": 'pip install "fsspec[http]"',
+}
 
 
 @dataclass(frozen=True)
@@ -57,16 +89,59 @@ class Chunk(NamedTuple):
 
 
 def split_tree(spec: str, default_tree: str) -> tuple[str, str]:
-    """Split ``"file.root:tree"`` into path and tree; URL colons stay in the path."""
-    head, sep, tail = spec.rpartition(".root:")
-    if sep and tail:
-        return head + ".root", tail
+    """Split ``"file.root:tree"`` into path and tree; URL colons stay in the path.
+
+    The tree follows the last ``.root:`` (or ``.root.N:``), so ``root://host:1094//f.root:T``
+    gives ``("root://host:1094//f.root", "T")``; a spec without one is all path.
+    """
+    match = _TREE_SPEC.fullmatch(spec)
+    if match:
+        return match["path"], match["tree"]
     return spec, default_tree
 
 
+def is_url(path: str) -> bool:
+    return "://" in path
+
+
+def _scheme(url: str) -> str:
+    return url.rpartition("::")[2].partition("://")[0].lower()
+
+
+def _has_glob(url: str) -> bool:
+    """Whether the path of a URL holds glob characters (``?`` starts an HTTP query)."""
+    path = url.rpartition("::")[2].partition("://")[2].partition("/")[2]
+    chars = _GLOB_CHARS - {"?"} if _scheme(url) in ("http", "https") else _GLOB_CHARS
+    return bool(chars & set(path))
+
+
+def _expand_url(url: str) -> list[str]:
+    """Expand a glob in a URL through fsspec (sorted); a URL without one stays as it is."""
+    if not _has_glob(url):
+        return [url]
+    if _scheme(url) == "root":
+        _prepare_xrootd()
+    try:
+        fs, pattern = fsspec.core.url_to_fs(url)
+        matches = sorted(fs.glob(pattern))
+    except ImportError as err:
+        raise _missing_protocol(url, err) from err
+    except FileNotFoundError:
+        matches = []
+    if not matches:
+        raise InputFileNotFoundError(f"no file matches the pattern {url!r}")
+    chain = url[: url.rfind("::") + 2] if "::" in url else ""
+    return [chain + fs.unstrip_protocol(m) for m in matches]
+
+
+def _missing_protocol(url: str, err: ImportError) -> ImportError:
+    install = _INSTALL.get(_scheme(url), f"install fsspec's implementation of {_scheme(url)}://")
+    return ImportError(f"reading {url!r} needs a package that is not installed ({err}): {install}")
+
+
 def _expand(path: str) -> list[str]:
-    if "://" in path:
-        return [path]
+    if is_url(path):
+        return _expand_url(path)
     if _GLOB_CHARS & set(path):
         matches = sorted(glob.glob(os.path.expanduser(path)))
         if not matches:
@@ -106,14 +181,59 @@ def parse_files(files: str | Sequence[str] | Mapping[str, Any], tree: str) -> li
     return sources
 
 
+class _RaisingRangeErrors:
+    """An fsspec filesystem whose range reads raise the error of a failed range.
+
+    fsspec's ``cat_ranges`` puts a failed range's exception in place of its bytes, and
+    uproot 5.7 slices it, hiding a refused connection behind "TypeError:
+    'ClientConnectorError' object is not subscriptable". Byte offsets are made Python
+    ints: fsspec-xrootd refuses numpy integers ("integer argument expected for offset").
+    """
+
+    def __init__(self, fs: Any) -> None:
+        self._fs = fs
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._fs, name)
+
+    def cat_file(self, path: str, start: Any = None, end: Any = None, **kwargs: Any) -> bytes:
+        start, end = (None if x is None else int(x) for x in (start, end))
+        return self._fs.cat_file(path, start=start, end=end, **kwargs)
+
+    def cat_ranges(self, *args: Any, **kwargs: Any) -> list[bytes]:
+        return self._fs.cat_ranges(*args, **{**kwargs, "on_error": "raise"})
+
+    async def _cat_ranges(self, *args: Any, **kwargs: Any) -> list[bytes]:
+        return await self._fs._cat_ranges(*args, **{**kwargs, "on_error": "raise"})
+
+
+class _Source(uproot.source.fsspec.FSSpecSource):
+    """uproot's default source (fsspec, for paths and URLs alike), with errors kept intact."""
+
+    def _open(self) -> None:
+        super()._open()
+        # uproot calls a caching filesystem's (not async) _cat_ranges from a thread
+        caching = isinstance(self._fs, fsspec.implementations.cached.CachingFileSystem)
+        self._async_impl = self._async_impl and not caching
+        self._fs = _RaisingRangeErrors(self._fs)
+
+
 def open_tree(source: Source) -> Any:
-    """Open the tree (TTree or RNTuple) of a source, with errors that name what is missing."""
+    """Open the tree (TTree or RNTuple) of a source, with errors that name what is missing.
+
+    Chunks are read once per epoch, so uproot's array cache would only hold memory: it is off.
+    """
+    if _scheme(source.path) == "root":
+        _prepare_xrootd()
     try:
-        file = uproot.open(source.path)
-    except FileNotFoundError as err:
-        raise InputFileNotFoundError(f"no such file: {source.path!r}") from err
+        file = uproot.open(source.path, array_cache=None, handler=_Source)
+    except ImportError as err:
+        raise _missing_protocol(source.path, err) from err
     except Exception as err:
-        raise OSError(f"cannot open {source.path!r} as a ROOT file: {err}") from err
+        reason = str(err).strip()  # XRootD's messages end with a newline
+        if _is_missing(err):
+            raise InputFileNotFoundError(f"no such file: {source.path!r} ({reason})") from err
+        raise OSError(f"cannot open {source.path!r} as a ROOT file: {reason}") from err
     trees = [k.rsplit(";", 1)[0] for k, c in file.classnames().items() if c in _TREE_CLASSES]
     if source.tree not in trees:
         file.close()
@@ -121,6 +241,45 @@ def open_tree(source: Source) -> Any:
             f"{source.path!r} has no tree {source.tree!r} ({close_matches(source.tree, trees)})"
         )
     return file[source.tree]
+
+
+def close_tree(tree: Any) -> None:
+    """Close a tree's file and forget fsspec's open handles to it, so a reopen starts afresh.
+
+    fsspec-xrootd keeps file handles open for reuse; one broken by a lost connection
+    would fail every later read, so it is dropped. Errors of a dead connection are ignored.
+    """
+    path = tree.file.file_path
+    with contextlib.suppress(Exception):
+        tree.file.close()
+    if is_url(path):
+        with contextlib.suppress(Exception):
+            fs, fs_path = fsspec.core.url_to_fs(path)
+            fs.invalidate_cache(fs_path)
+
+
+@functools.cache
+def _prepare_xrootd() -> None:
+    """Let the XRootD client reconnect to a server whenever asked, and exit quietly.
+
+    After a failed connection, the client refuses every new one to that server for
+    ``StreamErrorWindow`` seconds (1800 by default), which would make retrying after a
+    server restart pointless; rootstream's retries pace themselves instead. A window set
+    with the ``XRD_STREAMERRORWINDOW`` environment variable is left alone.
+
+    At exit, XRootD's handler looks at every live object, and touching torch's deprecated
+    ``torch.distributed.reduce_op`` prints a FutureWarning; handlers run last-registered
+    first, so this filter is in place when XRootD's runs.
+    """
+    try:
+        from XRootD import client
+    except ImportError:
+        return  # opening the file says what to install
+    atexit.register(
+        warnings.filterwarnings, "ignore", message=".*reduce_op", category=FutureWarning
+    )
+    if "XRD_STREAMERRORWINDOW" not in os.environ:
+        client.EnvPutInt("StreamErrorWindow", 0)
 
 
 def is_rntuple(tree: Any) -> bool:
@@ -145,12 +304,38 @@ def _cluster_boundaries(tree: Any, branches: list[str]) -> list[int]:
     return [int(o) for o in offsets]
 
 
+_MEMORY_SIZE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgt]?)(i?)b\s*", re.IGNORECASE)
+
+
+def memory_size(text: str) -> int:
+    """Bytes in ``"100 MB"`` (powers of 1000) or ``"64 MiB"`` (powers of 1024), as in uproot."""
+    match = _MEMORY_SIZE.fullmatch(text)
+    if not match:
+        raise ValueError(
+            f"step_size must be a number of entries or a memory size such as '100 MB', not {text!r}"
+        )
+    power = "kmgt".find(match[2].lower()) + 1 if match[2] else 0
+    return int(float(match[1]) * (1024 if match[3] else 1000) ** power)
+
+
 def _entries_per_step(tree: Any, step_size: int | str, branches: list[str]) -> int:
+    """Entries per chunk: a number of entries, or as many as fill ``step_size`` bytes.
+
+    For a TTree the bytes per entry come from the branches' uncompressed totals
+    (``fTotBytes``, in the metadata already read), which gives what uproot's
+    ``num_entries_for`` gives without reading one basket header per basket: that costs a
+    round trip each over a network, and over ``root://`` it fails in uproot 5.7 with
+    fsspec-xrootd ("integer argument expected for offset").
+    """
     if isinstance(step_size, (int, np.integer)):
         if step_size <= 0:
             raise ValueError(f"step_size must be positive, not {step_size}")
         return int(step_size)
-    return max(1, int(tree.num_entries_for(step_size, filter_name=branches or None)))
+    if is_rntuple(tree):
+        return max(1, int(tree.num_entries_for(step_size, filter_name=branches or None)))
+    target = memory_size(step_size)
+    total = sum(int(tree[b].member("fTotBytes")) for b in branches or tree.keys())
+    return max(1, round(target * tree.num_entries / total)) if total else 1
 
 
 def inspect_source(tree: Any, expressions: Sequence[str], step_size: int | str) -> SourceInfo:
@@ -278,3 +463,80 @@ def _is_numbers(layout: Any) -> bool:
         and layout.parameter("__array__") not in ("char", "byte")
         and np.issubdtype(layout.data.dtype, np.number) | (layout.data.dtype == np.bool_)
     )
+
+
+# ----------------------------------------------------------------------------- failures
+# XRootD server status codes (XProtocol.hh) of conditions that pass: a file handle lost in
+# a server restart (3004), I/O and server errors, no memory, no server, work in progress,
+# overload, timeouts. Others (3010 not authorized, 3011 not found, 3016 is a directory...)
+# are permanent.
+_XROOTD_TRANSIENT_CODES = {3004, 3007, 3008, 3012, 3014, 3020, 3024, 3034, 3035}
+_XROOTD_CODE = re.compile(r"\[(30\d\d)\]")
+# What the XRootD client reports when the connection fails, and fsspec-xrootd's symptom of
+# a cached handle that a lost connection closed.
+_TRANSIENT_MESSAGES = re.compile(
+    "Connection error|Socket error|Socket timeout|Socket disconnected|Stream disconnect"
+    "|Invalid session|Operation expired|Operation interrupted|Poller error"
+    "|I/O operation on closed file"
+)
+_TRANSIENT_ERRNOS = {
+    errno.ECONNREFUSED,
+    errno.ECONNRESET,
+    errno.ECONNABORTED,
+    errno.EPIPE,
+    errno.ETIMEDOUT,
+    errno.EHOSTUNREACH,
+    errno.ENETUNREACH,
+    errno.ENETDOWN,
+    errno.ENETRESET,
+    errno.EAGAIN,
+}
+_PERMANENT_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+_TRANSIENT_HTTP_STATUS = {408, 425, 429, 500, 502, 503, 504}
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether reading again could succeed: a refused or reset connection, a timeout, a restart.
+
+    Missing files, denied permissions and corrupt data are permanent. The error and its
+    causes are looked at in turn: Python's exception types and ``errno``, aiohttp's
+    connection errors and HTTP statuses, then XRootD status codes and client messages
+    (fsspec-xrootd reports every failure as a plain ``OSError`` carrying them).
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        verdict = _classify(current)
+        if verdict is not None:
+            return verdict
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _classify(error: BaseException) -> bool | None:
+    """True (transient), False (permanent) or None (this error alone does not tell)."""
+    if isinstance(error, _PERMANENT_ERRORS):
+        return False
+    if isinstance(error, (ConnectionError, TimeoutError, asyncio.TimeoutError, FSTimeoutError)):
+        return True
+    if isinstance(error, OSError) and error.errno in _TRANSIENT_ERRNOS:
+        return True
+    aiohttp = sys.modules.get("aiohttp")  # only its own calls can have raised its errors
+    if aiohttp is not None:
+        if isinstance(error, aiohttp.ClientResponseError):
+            return error.status in _TRANSIENT_HTTP_STATUS
+        if isinstance(error, (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)):
+            return True
+    message = str(error)
+    code = _XROOTD_CODE.search(message)
+    if code:
+        return int(code[1]) in _XROOTD_TRANSIENT_CODES
+    if _TRANSIENT_MESSAGES.search(message):
+        return True
+    return None
+
+
+def _is_missing(error: BaseException) -> bool:
+    """Whether opening failed because the file does not exist (locally, over HTTP or XRootD)."""
+    return isinstance(error, FileNotFoundError) or "[3011]" in str(error)
