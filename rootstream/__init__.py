@@ -6,8 +6,9 @@ are imported on first use, so ``import rootstream.preprocess`` stays numpy-only.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from rootstream.lazy import lazy_attributes
 
 __version__ = "0.1.0"
 
@@ -16,24 +17,27 @@ _LAZY = {
     "Stats": "rootstream.stats",
     "compute_stats": "rootstream.parallel",
     "Spec": "rootstream.preprocess",
+    "export_onnx": "rootstream.export",
+    "load_spec": "rootstream.metadata",
 }
 
-__all__ = ["RootIterableDataset", "Spec", "Stats", "__version__", "compute_stats"]
+__all__ = [
+    "RootIterableDataset",
+    "Spec",
+    "Stats",
+    "__version__",
+    "compute_stats",
+    "export_onnx",
+    "load_spec",
+]
 
 if TYPE_CHECKING:
     from rootstream.dataset import RootIterableDataset
-    from rootstream.preprocess import Spec
+    from rootstream.export import export_onnx
+    from rootstream.metadata import load_spec
     from rootstream.parallel import compute_stats
+    from rootstream.preprocess import Spec
     from rootstream.stats import Stats
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'rootstream' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_attributes("rootstream", globals(), _LAZY)

@@ -56,6 +56,52 @@ def shard_of_this_process() -> Shard:
     return Shard(rank * num_workers + worker, world * num_workers, world)
 
 
+def configured_length(feature: str, max_length: int | Mapping[str, int] | None) -> int | None:
+    """The padded length ``max_length`` gives a jagged feature (a name or glob key), if any."""
+    if isinstance(max_length, int):
+        return max_length
+    for pattern, length in (max_length or {}).items():
+        if pattern == feature or fnmatch.fnmatchcase(feature, pattern):
+            return length
+    return None
+
+
+def build_spec(
+    features: Sequence[str],
+    jagged: Mapping[str, bool],
+    stats: Stats | None,
+    *,
+    max_length: int | Mapping[str, int] | None,
+    normalize: str | None,
+    groups: Mapping[str, Sequence[str]] | None = None,
+) -> Spec:
+    """The preprocessing a dataset applies: feature order, padded lengths, normalization.
+
+    Without groups, flat features come first, then jagged ones, each in the order given.
+    A jagged feature without a configured length gets the 95% quantile of its lengths in
+    ``stats`` (at least 1). ``stats`` may be None only when neither needs them.
+    """
+
+    def feature_spec(feature: str) -> FeatureSpec:
+        length = configured_length(feature, max_length) if jagged[feature] else None
+        if jagged[feature] and length is None:
+            length = max(1, stats.moments(feature).length_quantile(DEFAULT_LENGTH_QUANTILE))
+        if stats is None:
+            return FeatureSpec(feature, length)
+        m = stats.moments(feature)
+        center, scale = normalization(
+            normalize, mean=m.mean, std=m.std, minimum=m.min, maximum=m.max
+        )
+        return FeatureSpec(feature, length, center, scale)
+
+    specs = {f: feature_spec(f) for f in features}
+    if groups is not None:
+        grouped = tuple((g, tuple(names)) for g, names in groups.items())
+        return Spec(tuple(specs.values()), grouped, normalize)
+    order = [f for f in features if not jagged[f]] + [f for f in features if jagged[f]]
+    return Spec(tuple(specs[f] for f in order), None, normalize)
+
+
 class RootIterableDataset(IterableDataset):
     """Stream events of ROOT files (TTree or RNTuple) as dicts of tensors.
 
@@ -207,39 +253,16 @@ class RootIterableDataset(IterableDataset):
     def _build_spec(self) -> Spec:
         jagged = self._reader.jagged
         needs_stats = self.normalize is not None or any(
-            jagged[f] and self._configured_length(f) is None for f in self.features
+            jagged[f] and configured_length(f, self._max_length) is None for f in self.features
         )
-        stats = self.stats if needs_stats else None
-        specs = {f: self._feature_spec(f, stats) for f in self.features}
-        if self._groups is not None:
-            groups = tuple((g, tuple(names)) for g, names in self._groups.items())
-            return Spec(tuple(specs.values()), groups, self.normalize)
-        order = [f for f in self.features if not jagged[f]] + [
-            f for f in self.features if jagged[f]
-        ]
-        return Spec(tuple(specs[f] for f in order), None, self.normalize)
-
-    def _configured_length(self, feature: str) -> int | None:
-        if isinstance(self._max_length, int):
-            return self._max_length
-        for pattern, length in (self._max_length or {}).items():
-            if pattern == feature or fnmatch.fnmatchcase(feature, pattern):
-                return length
-        return None
-
-    def _feature_spec(self, feature: str, stats: Stats | None) -> FeatureSpec:
-        length = None
-        if self._reader.jagged[feature]:
-            length = self._configured_length(feature)
-            if length is None:
-                length = max(1, stats.moments(feature).length_quantile(DEFAULT_LENGTH_QUANTILE))
-        if stats is None:
-            return FeatureSpec(feature, length)
-        m = stats.moments(feature)
-        center, scale = normalization(
-            self.normalize, mean=m.mean, std=m.std, minimum=m.min, maximum=m.max
+        return build_spec(
+            self.features,
+            jagged,
+            self.stats if needs_stats else None,
+            max_length=self._max_length,
+            normalize=self.normalize,
+            groups=self._groups,
         )
-        return FeatureSpec(feature, length, center, scale)
 
     # ----------------------------------------------------------------- epochs, state, split
     def set_epoch(self, epoch: int) -> None:

@@ -13,7 +13,10 @@ from collections.abc import Iterable
 __all__ = [
     "BranchNotFoundError",
     "ChunkReadError",
+    "ExportError",
     "InputFileNotFoundError",
+    "InvalidEventError",
+    "ModelSpecError",
     "NonFiniteValueError",
     "RootStreamError",
     "StatsMismatchError",
@@ -57,6 +60,25 @@ class StatsMismatchError(RootStreamError, ValueError):
 
 class ChunkReadError(RootStreamError, OSError):
     """A chunk of a file could not be read or decoded."""
+
+
+class InvalidEventError(RootStreamError, ValueError):
+    """A raw event (a dict of numbers and lists) cannot be turned into model inputs.
+
+    ``field`` names the value at fault, e.g. ``events[3]['Jet_pt'][1]``.
+    """
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class ModelSpecError(RootStreamError, ValueError):
+    """An ONNX model carries no rootstream preprocessing spec, or an unreadable one."""
+
+
+class ExportError(RootStreamError, RuntimeError):
+    """A model could not be exported to ONNX, or the export does not reproduce torch's output."""
 
 
 def close_matches(name: str, choices: Iterable[str], n: int = 5) -> str:

@@ -5,19 +5,32 @@ server repeats exactly the transformation the model was trained with.
 
 A *column* is the numpy form of one feature over N events: a 1-D array for a
 flat feature, or a :class:`Jagged` pair of offsets and content for a
-variable-length one.
+variable-length one. The dataset reads columns from ROOT files; the server builds
+them from raw events with :func:`columns_from_events`; both call :func:`assemble`.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["FeatureSpec", "Jagged", "Spec", "assemble", "normalization", "pad"]
+from rootstream.errors import InvalidEventError, close_matches
+
+__all__ = [
+    "FeatureSpec",
+    "Jagged",
+    "Spec",
+    "assemble",
+    "columns_from_events",
+    "normalization",
+    "pad",
+]
 
 SPEC_VERSION = 1
 NORMALIZATIONS = ("standard", "minmax", None)
@@ -252,3 +265,123 @@ def _assemble_group(
             )
         pad(column, length, center=f.center, scale=f.scale, out=values[:, :, c], out_mask=mask)
     return {group: values, f"{group}_mask": mask}
+
+
+# ----------------------------------------------------------------- raw events
+
+
+def columns_from_events(spec: Spec, events: Sequence[Mapping[str, Any]]) -> dict[str, Column]:
+    """Turn raw events into the columns :func:`assemble` takes.
+
+    Each event maps feature names to a number (flat feature) or a list of numbers
+    (jagged feature), as JSON gives them: ``{"MET_pt": 21.3, "Jet_pt": [50.1, 31.0]}``.
+    Keys the spec does not use are ignored; booleans count as 0 and 1.
+
+    Returns:
+        ``{feature: column}``: float64 ``[N]`` for a flat feature, :class:`Jagged` with
+        float64 content for a jagged one.
+
+    Raises:
+        InvalidEventError: an event is no mapping, lacks a feature, or holds a value that
+            is not a finite number (or a list of them); the message names the event index
+            and the feature, e.g. ``events[3]['Jet_pt'][1]``.
+    """
+    if isinstance(events, (str, bytes, Mapping)) or not isinstance(events, Sequence):
+        raise InvalidEventError("events must be a list of objects", "events")
+    for i, event in enumerate(events):
+        if not isinstance(event, Mapping):
+            raise InvalidEventError(
+                f"events[{i}] must be an object mapping feature names to values, "
+                f"not {_describe(event)}",
+                f"events[{i}]",
+            )
+    columns: dict[str, Column] = {}
+    for f in spec.features:
+        missing = next((i for i, event in enumerate(events) if f.name not in event), None)
+        if missing is not None:
+            raise InvalidEventError(
+                f"events[{missing}] has no feature {f.name!r} "
+                f"({close_matches(f.name, events[missing])})",
+                f"events[{missing}]['{f.name}']",
+            )
+        values = [event[f.name] for event in events]
+        columns[f.name] = _jagged(f.name, values) if f.jagged else _flat(f.name, values)
+    return columns
+
+
+def _flat(name: str, values: list[Any]) -> np.ndarray:
+    array = _as_numbers(values)
+    if array is None:
+        bad = next(i for i, v in enumerate(values) if not _is_number(v))
+        raise InvalidEventError(
+            f"events[{bad}]['{name}'] must be a number, not {_describe(values[bad])}",
+            f"events[{bad}]['{name}']",
+        )
+    _check_finite(array, lambda k: f"events[{k}]['{name}']")
+    return array
+
+
+def _jagged(name: str, values: list[Any]) -> Jagged:
+    for i, v in enumerate(values):
+        if not isinstance(v, (list, tuple, np.ndarray)):
+            raise InvalidEventError(
+                f"events[{i}]['{name}'] must be a list of numbers (the feature is "
+                f"variable-length), not {_describe(v)}",
+                f"events[{i}]['{name}']",
+            )
+    offsets = np.zeros(len(values) + 1, dtype=np.int64)
+    np.cumsum([len(v) for v in values], out=offsets[1:])
+    flat = list(itertools.chain.from_iterable(values))
+    content = _as_numbers(flat)
+
+    def field(k: int) -> str:
+        i = int(np.searchsorted(offsets, k, side="right")) - 1
+        return f"events[{i}]['{name}'][{k - offsets[i]}]"
+
+    if content is None:
+        bad = next(k for k, v in enumerate(flat) if not _is_number(v))
+        raise InvalidEventError(
+            f"{field(bad)} must be a number, not {_describe(flat[bad])}", field(bad)
+        )
+    _check_finite(content, field)
+    return Jagged(offsets, content)
+
+
+def _as_numbers(values: list[Any]) -> np.ndarray | None:
+    """float64 ``[N]`` of a list of numbers, or None when some value is not a number."""
+    try:
+        array = np.asarray(values)
+    except (ValueError, TypeError):  # ragged nesting
+        return None
+    if array.ndim == 1 and array.dtype.kind in "biuf":
+        return array.astype(np.float64, copy=False)
+    if array.ndim == 1 and all(_is_number(v) for v in values):  # e.g. integers beyond int64
+        return np.asarray(values, dtype=np.float64)
+    if array.size == 0:
+        return np.zeros(0, dtype=np.float64)
+    return None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real)
+
+
+def _check_finite(array: np.ndarray, field: Any) -> None:
+    finite = np.isfinite(array)
+    if not finite.all():
+        bad = int(np.argmin(finite))
+        raise InvalidEventError(
+            f"{field(bad)} is {array[bad]}: values must be finite numbers", field(bad)
+        )
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return f"a string ({value[:20]!r})"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, Mapping):
+        return "an object"
+    return type(value).__name__

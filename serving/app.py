@@ -1,0 +1,243 @@
+"""The Flask application: ``create_app(config)`` and the routes, which only do HTTP.
+
+Routes parse the request, call the :class:`~serving.dataplane.DataPlane`, and answer
+JSON. Every error becomes ``{"error": "..."}`` with its status: domain errors carry
+theirs (:mod:`serving.errors`), Flask's own (unknown route, wrong method, body too
+large) keep theirs, anything else is a logged 500.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from serving.config import ServerConfig, available_cpus
+from serving.dataplane import DataPlane
+from serving.errors import BadRequestError, ForbiddenError, ServingError, UnauthorizedError
+from serving.metrics import Metrics
+from serving.runtime import ModelCache
+from serving.store import ModelStore
+
+__all__ = ["ServerConfig", "create_app"]
+
+log = logging.getLogger("serving.app")
+request_log = logging.getLogger("serving.requests")
+_ERROR = "rootstream.error"  # the error message of a request, in its WSGI environ
+
+
+@dataclass(frozen=True)
+class Services:
+    """What the routes of one app use, kept in ``app.extensions["rootstream"]``."""
+
+    config: ServerConfig
+    plane: DataPlane
+    metrics: Metrics
+
+
+def create_app(config: ServerConfig | Mapping[str, Any] | str | os.PathLike) -> Flask:
+    """The Flask application serving the models of ``config.models``.
+
+    Args:
+        config: a :class:`ServerConfig`, a mapping of its fields (``{"models": DIR}``),
+            or the models directory.
+    """
+    config = ServerConfig.of(config)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = config.max_request_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    store = ModelStore(config.models, max_bytes=config.max_upload_bytes)
+    cache = ModelCache(threads=config.threads or available_cpus(), capacity=config.max_models)
+    services = Services(config, DataPlane(store, cache), Metrics())
+    app.extensions["rootstream"] = services
+    app.wsgi_app = _Observed(app.wsgi_app, services)  # type: ignore[method-assign]
+    app.register_blueprint(management)
+    app.register_blueprint(inference)
+    app.register_blueprint(observability)
+    app.register_error_handler(ServingError, _serving_error)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _server_fault)
+    return app
+
+
+def _services() -> Services:
+    return current_app.extensions["rootstream"]
+
+
+# ----------------------------------------------------------------- management
+management = Blueprint("management", __name__)
+
+
+@management.before_request
+def _authorize() -> None:
+    services = _services()
+    request.max_content_length = services.config.max_upload_bytes
+    token = services.config.token
+    if token is None:
+        return
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        raise UnauthorizedError("this route needs the header 'Authorization: Bearer <token>'")
+    if not hmac.compare_digest(given.strip().encode(), token.encode()):
+        raise ForbiddenError("the bearer token is wrong")
+
+
+@management.post("/models/<name>")
+def upload(name: str) -> tuple[Response, int]:
+    if request.mimetype == "multipart/form-data":
+        file = request.files.get("file")
+        if file is None:
+            raise BadRequestError(
+                f"a multipart upload needs the ONNX file in the field 'file' "
+                f"(got fields {sorted(request.files) + sorted(request.form)})"
+            )
+        stream = file.stream
+    else:
+        stream = request.stream
+    return jsonify(_services().plane.upload(name, stream)), 201
+
+
+@management.get("/models")
+def list_models() -> Response:
+    return jsonify(_services().plane.list())
+
+
+@management.get("/models/<name>")
+@management.get("/models/<name>/<int:version>")
+def describe_model(name: str, version: int | None = None) -> Response:
+    return jsonify(_services().plane.describe(name, version))
+
+
+@management.delete("/models/<name>")
+@management.delete("/models/<name>/<int:version>")
+def delete_model(name: str, version: int | None = None) -> Response:
+    return jsonify(_services().plane.delete(name, version))
+
+
+# ----------------------------------------------------------------- inference
+inference = Blueprint("inference", __name__)
+
+
+@inference.post("/models/<name>/predict")
+@inference.post("/models/<name>/<int:version>/predict")
+def predict(name: str, version: int | None = None) -> Response:
+    try:
+        body = json.loads(request.get_data())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise BadRequestError(f"the body is not valid JSON: {err}") from None
+    return jsonify(_services().plane.predict(name, version, body))
+
+
+# ----------------------------------------------------------------- observability
+observability = Blueprint("observability", __name__)
+
+
+@observability.get("/metrics")
+def metrics() -> Response:
+    body, content_type = _services().metrics.exposition()
+    return Response(body, content_type=content_type)
+
+
+class _Observed:
+    """WSGI middleware around the Flask app: times, counts and logs every answered request.
+
+    Each request is one structured record on the ``serving.requests`` logger: DEBUG for
+    2xx/3xx, INFO for 4xx (with the error message), WARNING for 5xx.
+    """
+
+    def __init__(self, wsgi_app: Any, services: Services) -> None:
+        self.wsgi_app, self.services = wsgi_app, services
+
+    def __call__(self, environ: dict, start_response: Any) -> Any:
+        start = time.perf_counter()
+        seen = [500, "unmatched", environ.get("PATH_INFO", "")]  # status, route, path
+
+        def respond(line: str, headers: Any, exc_info: Any = None) -> Any:
+            # called while Flask's request is still alive: it knows the route it matched
+            req = environ.get("werkzeug.request")
+            rule = getattr(req, "url_rule", None)
+            seen[0] = int(line[:3])
+            if rule is not None:
+                seen[1] = rule.rule
+            if req is not None:
+                seen[2] = req.path
+            return start_response(line, headers, exc_info)
+
+        try:
+            return self.wsgi_app(environ, respond)
+        finally:
+            self._record(environ, *seen, time.perf_counter() - start)
+
+    def _record(self, environ: dict, status: int, route: str, path: str, seconds: float) -> None:
+        method = environ["REQUEST_METHOD"]
+        self.services.metrics.observe(
+            method, route, status, seconds, len(self.services.plane.cache)
+        )
+        # successes at DEBUG (a line per request costs ~10% of single-row throughput),
+        # client errors at INFO, server faults at WARNING
+        level = logging.DEBUG if status < 400 else logging.INFO if status < 500 else logging.WARNING
+        if request_log.isEnabledFor(level):
+            length = environ.get("CONTENT_LENGTH")
+            fields = {
+                "method": method,
+                "path": path,
+                "route": route,
+                "status": status,
+                "duration_ms": round(seconds * 1000, 3),
+                "remote": environ.get("REMOTE_ADDR"),
+                "bytes_in": int(length) if length and length.isdigit() else None,
+            }
+            if _ERROR in environ:
+                fields["error"] = environ[_ERROR]
+            request_log.log(level, "%s %s %d", method, path, status, extra={"fields": fields})
+
+
+# ----------------------------------------------------------------- errors
+def _error(message: str, status: int) -> Response:
+    request.environ[_ERROR] = message
+    response = jsonify(error=message)
+    response.status_code = status
+    return response
+
+
+def _serving_error(err: ServingError) -> Response:
+    response = _error(err.message, err.status)
+    if err.status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="rootstream"'
+    return response
+
+
+def _http_error(err: HTTPException) -> Response:
+    if err.code == 404 and request.url_rule is None:
+        message = f"no route {request.path} (see docs/serving.md for the routes)"
+    elif err.code == 405:
+        allowed = ", ".join(sorted(err.valid_methods or ()))  # type: ignore[attr-defined]
+        message = f"method {request.method} is not allowed on {request.path} (allowed: {allowed})"
+    elif err.code == 413:
+        limit = request.max_content_length
+        message = f"the request body exceeds the limit of {limit} bytes"
+    else:
+        message = err.description or err.name
+    response = _error(message, err.code or 500)
+    for header, value in err.get_headers():
+        if header.lower() != "content-type":
+            response.headers[header] = value
+    return response
+
+
+def _server_fault(err: Exception) -> Response:
+    log.exception(
+        "unhandled error answering %s %s",
+        request.method,
+        request.path,
+        extra={"fields": {"method": request.method, "path": request.path}},
+    )
+    return _error("internal server error (logged on the server)", 500)

@@ -1,0 +1,257 @@
+"""onnxruntime sessions: load a model, turn request values into checked arrays, run it.
+
+No Flask here. A :class:`Model` is one loaded version of a stored model; the
+:class:`ModelCache` keeps the models this process has loaded. Raw events go through
+:func:`rootstream.preprocess.columns_from_events` and :func:`rootstream.preprocess.assemble`,
+the very functions the training dataset uses.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
+
+from rootstream.errors import InvalidEventError
+from rootstream.metadata import ModelSpec
+from rootstream.preprocess import assemble, columns_from_events
+from serving.errors import BadRequestError, InvalidModelError
+from serving.store import ModelFile
+
+__all__ = ["Model", "ModelCache", "TensorInfo", "check_loadable"]
+
+DTYPES = {
+    "tensor(float)": np.dtype(np.float32),
+    "tensor(double)": np.dtype(np.float64),
+    "tensor(float16)": np.dtype(np.float16),
+    "tensor(int64)": np.dtype(np.int64),
+    "tensor(int32)": np.dtype(np.int32),
+    "tensor(int16)": np.dtype(np.int16),
+    "tensor(int8)": np.dtype(np.int8),
+    "tensor(uint8)": np.dtype(np.uint8),
+    "tensor(bool)": np.dtype(np.bool_),
+}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A model input or output: name, shape (None for a dynamic axis) and ONNX type."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    type: str
+
+    @classmethod
+    def of(cls, arg: Any) -> TensorInfo:
+        shape = arg.shape if isinstance(arg.shape, list) else []
+        return cls(arg.name, tuple(d if isinstance(d, int) else None for d in shape), arg.type)
+
+    @property
+    def dtype(self) -> np.dtype | None:
+        return DTYPES.get(self.type)
+
+    def signature(self) -> str:
+        """``[N, 28] float32``: the shape (N for a dynamic axis) and dtype, for messages."""
+        dims = ", ".join("N" if d is None else str(d) for d in self.shape)
+        return f"[{dims}] {self.dtype.name if self.dtype is not None else self.type}"
+
+    def describe(self) -> dict[str, Any]:
+        """``{"name", "shape", "dtype"}``; a dynamic axis is -1 (as in KServe and Triton)."""
+        dtype = self.dtype.name if self.dtype is not None else self.type
+        return {
+            "name": self.name,
+            "shape": [-1 if d is None else d for d in self.shape],
+            "dtype": dtype,
+        }
+
+
+def _session(path: str | os.PathLike, threads: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def check_loadable(path: Path) -> None:
+    """Raise :class:`InvalidModelError` unless onnxruntime can load the model at ``path``."""
+    try:
+        _session(path, 1)
+    except Exception as err:  # onnxruntime raises its own types for every kind of failure
+        raise InvalidModelError(f"onnxruntime cannot load the model: {err}") from None
+
+
+class Model:
+    """One loaded model version: its onnxruntime session, signature and rootstream spec.
+
+    Args:
+        model_file: the stored version.
+        threads: onnxruntime's intra-op threads.
+    """
+
+    def __init__(self, model_file: ModelFile, *, threads: int) -> None:
+        self.name, self.version = model_file.name, model_file.version
+        self.session = _session(model_file.path, threads)
+        self.inputs = [TensorInfo.of(i) for i in self.session.get_inputs()]
+        self.outputs = [TensorInfo.of(o) for o in self.session.get_outputs()]
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        self.spec: ModelSpec | None = ModelSpec.from_metadata(metadata)
+        self._output_names = [o.name for o in self.outputs]
+
+    def describe(self) -> dict[str, Any]:
+        """Inputs, outputs and the spec summary (None without rootstream metadata)."""
+        return {
+            "inputs": [i.describe() for i in self.inputs],
+            "outputs": [o.describe() for o in self.outputs],
+            "spec": None if self.spec is None else self.spec.summary(),
+        }
+
+    # ----------------------------------------------------------------- request values
+    def feeds_from_inputs(self, inputs: Any) -> dict[str, np.ndarray]:
+        """Check ready rows: a list of rows (one-input model) or ``{input name: rows}``."""
+        names = [i.name for i in self.inputs]
+        if isinstance(inputs, Mapping):
+            unknown = [k for k in inputs if k not in names]
+            missing = [n for n in names if n not in inputs]
+            if unknown or missing:
+                raise BadRequestError(
+                    f"inputs of model {self.name!r} are {names}; "
+                    + (f"missing {missing}" if missing else f"unknown {unknown}")
+                )
+            values = {n: (inputs[n], f"inputs['{n}']") for n in names}
+        elif len(names) == 1:
+            values = {names[0]: (inputs, "inputs")}
+        else:
+            raise BadRequestError(
+                f'model {self.name!r} has {len(names)} inputs {names}: send "inputs" as an '
+                "object mapping each input name to its rows"
+            )
+        feeds = {i.name: self._array(*values[i.name], i) for i in self.inputs}
+        rows = {n: a.shape[0] for n, a in feeds.items() if a.ndim}
+        if len(set(rows.values())) > 1:
+            raise BadRequestError(f"the inputs have different numbers of rows: {rows}")
+        return feeds
+
+    def _array(self, value: Any, field: str, info: TensorInfo) -> np.ndarray:
+        dtype = info.dtype
+        if dtype is None:
+            raise BadRequestError(
+                f"input {info.name!r} has type {info.type}, not fillable from JSON"
+            )
+        try:
+            array = np.asarray(value)
+        except (ValueError, TypeError):
+            raise BadRequestError(
+                f"{field} is ragged: every row must hold the same number of values "
+                f"(input {info.name!r} takes {info.signature()})"
+            ) from None
+        kind = array.dtype.kind
+        if kind not in "biuf":
+            raise BadRequestError(f"{field} must hold only numbers, not {_kind_name(kind)}")
+        if dtype.kind == "b" and kind != "b":
+            raise BadRequestError(
+                f"{field} must hold true/false values (input {info.name!r} is bool)"
+            )
+        if dtype.kind in "iu" and kind == "f":
+            raise BadRequestError(
+                f"{field} must hold integers (input {info.name!r} is {dtype.name})"
+            )
+        shape_ok = array.ndim == len(info.shape) and all(
+            d is None or d == s for d, s in zip(info.shape, array.shape, strict=True)
+        )
+        if not shape_ok:
+            raise BadRequestError(
+                f"{field} has shape {list(array.shape)}; input {info.name!r} of model "
+                f"{self.name!r} takes {info.signature()}"
+            )
+        if array.ndim and array.shape[0] == 0:
+            raise BadRequestError(f"{field} holds no rows")
+        converted = array.astype(dtype, copy=False)
+        if dtype.kind == "f":
+            finite = np.isfinite(converted)
+            if not finite.all():
+                index = np.unravel_index(int(np.argmin(finite)), array.shape)
+                at = "".join(f"[{i}]" for i in index)
+                raise BadRequestError(
+                    f"{field}{at} is {array[index]}: values must be finite numbers within "
+                    f"{dtype.name} range"
+                )
+        elif dtype.kind in "iu" and not np.array_equal(converted, array):
+            raise BadRequestError(f"{field} holds values out of {dtype.name} range")
+        return converted
+
+    def feeds_from_events(self, events: Any) -> dict[str, np.ndarray]:
+        """Preprocess raw events with the spec inside the model."""
+        if self.spec is None:
+            raise BadRequestError(
+                f"model {self.name!r} carries no rootstream preprocessing spec (it was not "
+                'exported with rootstream.export_onnx): send "inputs" instead of "events"'
+            )
+        if isinstance(events, list) and not events:
+            raise BadRequestError("events holds no events")
+        try:
+            columns = columns_from_events(self.spec.spec, events)
+            arrays = assemble(self.spec.spec, columns)
+        except InvalidEventError as err:
+            raise BadRequestError(str(err)) from None
+        except ValueError as err:  # members of one group with different element counts
+            raise BadRequestError(f"events: {err}") from None
+        return {name: arrays[name] for name in self.spec.inputs}
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the session: ``{output name: array}``."""
+        try:
+            outputs = self.session.run(self._output_names, dict(feeds))
+        except InvalidArgument as err:
+            raise BadRequestError(f"model {self.name!r} rejects the inputs: {err}") from None
+        return dict(zip(self._output_names, outputs, strict=True))
+
+
+def _kind_name(kind: str) -> str:
+    return {"U": "strings", "S": "bytes", "O": "nulls, objects or mixed values"}.get(kind, kind)
+
+
+class ModelCache:
+    """The models this process has loaded, least recently used dropped beyond ``capacity``.
+
+    Keys hold the file identity, so a replaced or deleted-and-reuploaded version is loaded
+    afresh. Thread-safe; onnxruntime sessions themselves are safe to run concurrently.
+    """
+
+    def __init__(self, *, threads: int, capacity: int = 16) -> None:
+        self.threads, self.capacity = threads, capacity
+        self._lock = threading.Lock()
+        self._models: OrderedDict[tuple, Model] = OrderedDict()
+
+    def get(self, model_file: ModelFile) -> Model:
+        key = (model_file.name, model_file.version, model_file.identity)
+        with self._lock:
+            model = self._models.get(key)
+            if model is not None:
+                self._models.move_to_end(key)
+                return model
+        model = Model(model_file, threads=self.threads)  # outside the lock: loading is slow
+        with self._lock:
+            for old in [k for k in self._models if k[:2] == key[:2] and k != key]:
+                del self._models[old]
+            self._models[key] = model
+            while len(self._models) > self.capacity:
+                self._models.popitem(last=False)
+        return model
+
+    def forget(self, name: str, versions: list[int] | None = None) -> None:
+        """Drop a model's loaded versions (all when ``versions`` is None)."""
+        with self._lock:
+            for key in [k for k in self._models if k[0] == name]:
+                if versions is None or key[1] in versions:
+                    del self._models[key]
+
+    def __len__(self) -> int:
+        return len(self._models)
