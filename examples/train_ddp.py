@@ -25,9 +25,18 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torchdata.stateful_dataloader import StatefulDataLoader
-from train_demo import FLAT, JAGGED, MAX_LENGTH, auc, make_model, model_inputs, write_samples
+from train_demo import (
+    FLAT,
+    INPUTS,
+    JAGGED,
+    MAX_LENGTH,
+    Classifier,
+    auc,
+    model_inputs,
+    write_samples,
+)
 
-from rootstream import RootIterableDataset
+from rootstream import RootIterableDataset, export_onnx
 
 # torchdata 0.11 calls a deprecated torch function whenever a loader starts; harmless.
 warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
@@ -78,7 +87,7 @@ def validate(model: nn.Module, loader: StatefulDataLoader, device: torch.device)
     model.eval()
     scores, labels = [], []
     for batch in loader:
-        scores.append(model(model_inputs(batch).to(device)).squeeze(1).cpu().numpy())
+        scores.append(model(*(t.to(device) for t in model_inputs(batch))).squeeze(1).cpu().numpy())
         labels.append(batch["y"].numpy())
     mine = (np.concatenate(scores), np.concatenate(labels))
     if dist.is_initialized():
@@ -103,7 +112,7 @@ def main() -> None:
     )
     train, val = ds.train_test_split(test_size=0.2, seed=0)
     torch.manual_seed(0)  # the same initial weights on every rank
-    model = make_model(2 * len(train.feature_names)).to(device)
+    model = Classifier(len(train.feature_names)).to(device)
     model = DistributedDataParallel(model) if world > 1 else model
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     loader = StatefulDataLoader(train, batch_size=None, num_workers=args.workers)
@@ -123,7 +132,7 @@ def main() -> None:
         start, num_events = time.perf_counter(), 0
         for batch in loader:
             optimizer.zero_grad()
-            logits = model(model_inputs(batch).to(device)).squeeze(1)
+            logits = model(*(t.to(device) for t in model_inputs(batch))).squeeze(1)
             loss_fn(logits, batch["y"].to(device)).backward()
             optimizer.step()
             step, num_events = step + 1, num_events + len(batch["y"])
@@ -150,9 +159,9 @@ def main() -> None:
                 f"over {world} rank(s)"
             )
     if rank == 0:
-        weights = args.out / "model.pt"
-        torch.save((model.module if world > 1 else model).state_dict(), weights)
-        print(f"wrote {weights}")
+        path = args.out / "model.onnx"
+        export_onnx((model.module if world > 1 else model).cpu(), train, path, inputs=INPUTS)
+        print(f"wrote {path}: the model and its preprocessing, checked against torch")
     if dist.is_initialized():
         dist.destroy_process_group()
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from rootstream import RootIterableDataset, synthetic
+from rootstream import RootIterableDataset, export_onnx, synthetic
 
 FLAT = ["MET_pt", "MET_significance", "HT", "MHT_pt", "ST", "nPV"]
 JAGGED = ["Jet_pt", "Jet_eta", "Jet_mass", "Muon_pt", "Muon_eta", "Electron_pt", "Electron_eta"]
@@ -57,15 +57,28 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((ranks[positive].sum() - num_pos * (num_pos + 1) / 2) / (num_pos * num_neg))
 
 
-def model_inputs(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Values and mask side by side, so the model can tell padding from a real 0."""
-    return torch.cat([batch["x"], batch["mask"].float()], dim=1)
+class Classifier(nn.Module):
+    """An MLP over the values and the mask side by side, so padding differs from a real 0."""
+
+    def __init__(self, num_columns: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(2 * num_columns, 64),
+            nn.ReLU(),
+            nn.Linear(64, 64),
+            nn.ReLU(),
+            nn.Linear(64, 1),
+        )
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([x, mask.float()], dim=1))
 
 
-def make_model(num_inputs: int) -> nn.Module:
-    return nn.Sequential(
-        nn.Linear(num_inputs, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 1)
-    )
+INPUTS = ("x", "mask")  # the arrays of a batch the classifier takes, in order
+
+
+def model_inputs(batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    return [batch[name] for name in INPUTS]
 
 
 def train_epoch(
@@ -77,7 +90,7 @@ def train_epoch(
     total_loss, num_events = 0.0, 0
     for batch in loader:
         optimizer.zero_grad()
-        loss = loss_fn(model(model_inputs(batch)).squeeze(1), batch["y"])
+        loss = loss_fn(model(*model_inputs(batch)).squeeze(1), batch["y"])
         (loss / len(batch["y"])).backward()
         optimizer.step()
         total_loss += loss.item()
@@ -91,7 +104,7 @@ def predict(model: nn.Module, loader: DataLoader) -> tuple[np.ndarray, np.ndarra
     model.eval()
     scores, labels = [], []
     for batch in loader:
-        scores.append(model(model_inputs(batch)).squeeze(1).numpy())
+        scores.append(model(*model_inputs(batch)).squeeze(1).numpy())
         labels.append(batch["y"].numpy())
     return np.concatenate(scores), np.concatenate(labels)
 
@@ -106,12 +119,11 @@ def main(argv: list[str] | None = None) -> None:
         files, FLAT + JAGGED, tree="Events", max_length=MAX_LENGTH, batch_size=512, shuffle=True
     )
     train, val = ds.train_test_split(test_size=0.2, seed=0)
-    num_inputs = 2 * len(train.feature_names)
     print(
-        f"{num_inputs // 2} input columns ({len(FLAT)} flat, jagged padded to {MAX_LENGTH})"
-        " plus their mask"
+        f"{len(train.feature_names)} input columns ({len(FLAT)} flat, jagged padded to "
+        f"{MAX_LENGTH}) plus their mask"
     )
-    model = make_model(num_inputs)
+    model = Classifier(len(train.feature_names))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     train_loader = DataLoader(train, batch_size=None, num_workers=args.workers)
     val_loader = DataLoader(val, batch_size=None)
@@ -127,6 +139,9 @@ def main(argv: list[str] | None = None) -> None:
         )
     if val_auc < args.min_auc:
         raise SystemExit(f"validation AUC {val_auc:.3f} is below {args.min_auc}: training failed")
+    path = args.out / "model.onnx"
+    export_onnx(model, train, path, inputs=INPUTS)
+    print(f"wrote {path}: the model and its preprocessing, checked against torch")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import itertools
+import logging
 import os
 import re
 import warnings
@@ -269,6 +270,9 @@ def _torch_export(
 ) -> None:
     _require("onnxscript", "torch.onnx.export")
     args = tuple(_tensors(model, feeds))
+    registry = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registry.level
+    registry.setLevel(logging.ERROR)  # "torchvision is not installed. Skipping ...": noise
     try:
         with warnings.catch_warnings():
             # torch 2.13's exporter deep-copies a pytree LeafSpec, which trips torch's own
@@ -299,6 +303,8 @@ def _torch_export(
             "causes: Python control flow that depends on tensor values, operators without an "
             "ONNX translation at this opset, non-tensor inputs or outputs (see docs/serving.md)"
         ) from err
+    finally:
+        registry.setLevel(level)
 
 
 def _failure(err: BaseException) -> str:

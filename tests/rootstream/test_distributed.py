@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import uproot
 
-from rootstream import compute_stats
+from rootstream import compute_stats, load_spec
 from rootstream.reader import EventReader
 
 CHECK = Path(__file__).with_name("ddp_check.py")
@@ -135,4 +135,6 @@ def test_ddp_example_trains_stops_and_resumes(tmp_path):
     assert "stopped after step 3" in stopped
     resumed = run_isolated(str(example), *options, "--resume")
     assert "validation AUC" in resumed
-    assert (tmp_path / "model.pt").exists()
+    spec = load_spec(tmp_path / "model.onnx")
+    assert spec.inputs == ("x", "mask")
+    assert spec.label_names is None
