@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from rootstream import __version__
 
@@ -24,6 +26,24 @@ def _parser() -> argparse.ArgumentParser:
     stats.add_argument("--cut", help="selection expression")
     stats.add_argument("--step-size", default="100 MB", help="entries or memory per read")
     stats.add_argument("-o", "--output", required=True, help="JSON file to write")
+    inspect = commands.add_parser(
+        "inspect", help="list the trees and branches of a file: types, entries, jagged lengths"
+    )
+    inspect.add_argument("file", help="path or URL (root://, http(s)://, any fsspec URL)")
+    inspect.add_argument(
+        "--entries", type=int, default=100_000, help="entries read per tree for kinds and lengths"
+    )
+    commands.add_parser(
+        "serve",
+        help="the inference server (rootstream-serve; see rootstream serve --help)",
+        add_help=False,
+    )
+    bench = commands.add_parser(
+        "bench", help="run a benchmark script of a source checkout (benchmarks/NAME.py)"
+    )
+    bench.add_argument(
+        "name", nargs="?", default="loader", help="loader (default), remote, distributed or serve"
+    )
     return parser
 
 
@@ -41,11 +61,48 @@ def _stats(args: argparse.Namespace) -> None:
     print(f"wrote {args.output}")
 
 
+def _inspect(args: argparse.Namespace) -> None:
+    from rootstream.sources import PERCENTILES, summarize_file
+
+    print(args.file)
+    for tree in summarize_file(args.file, entries=args.entries):
+        print(
+            f"\n{tree.classname} {tree.name!r}: {tree.num_entries:,} entries "
+            f"(kinds and lengths from the first {tree.sampled:,})"
+        )
+        width = max([len(b.name) for b in tree.branches] + [6])
+        type_width = max([len(b.typename) for b in tree.branches] + [4])
+        header = "/".join(f"p{p}" for p in PERCENTILES)
+        print(f"  {'branch':<{width}}  {'type':<{type_width}}  kind    lengths {header}")
+        for b in tree.branches:
+            lengths = "/".join(map(str, b.length_percentiles or ()))
+            print(
+                f"  {b.name:<{width}}  {b.typename:<{type_width}}  {b.kind:<7} {lengths}".rstrip()
+            )
+
+
+def _bench(args: argparse.Namespace) -> None:
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / f"{args.name}.py"
+    if not script.is_file():
+        raise FileNotFoundError(
+            f"no benchmark {script}: benchmarks live in the source checkout "
+            "(git clone the repository, then run rootstream bench there)"
+        )
+    subprocess.run([sys.executable, str(script)], check=True, cwd=script.parent)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["serve"]:
+        from serving.cli import main as serve
+
+        return serve(argv[1:])
     args = _parser().parse_args(argv)
     try:
-        {"stats": _stats}[args.command](args)
-    except (OSError, KeyError, ValueError, TypeError) as err:
+        {"stats": _stats, "inspect": _inspect, "bench": _bench}[args.command](args)
+    except BrokenPipeError:  # the output was cut short (| head): nothing to report
+        return 0
+    except (OSError, KeyError, ValueError, TypeError, subprocess.CalledProcessError) as err:
         print(f"rootstream {args.command}: error: {err}", file=sys.stderr)
         return 1
     return 0

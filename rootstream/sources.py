@@ -48,9 +48,11 @@ __all__ = [
     "close_tree",
     "inspect_source",
     "is_transient",
+    "open_file",
     "open_tree",
     "parse_files",
     "plan_chunks",
+    "summarize_file",
 ]
 
 _TREE_CLASSES = ("TTree", "ROOT::RNTuple")
@@ -218,23 +220,33 @@ class _Source(uproot.source.fsspec.FSSpecSource):
         self._fs = _RaisingRangeErrors(self._fs)
 
 
+def open_file(path: str) -> Any:
+    """Open a ROOT file (path or URL) with errors that say what went wrong and how to fix it."""
+    if _scheme(path) == "root":
+        _prepare_xrootd()
+    try:
+        return uproot.open(path, array_cache=None, handler=_Source)
+    except ImportError as err:
+        raise _missing_protocol(path, err) from err
+    except Exception as err:
+        reason = str(err).strip()  # XRootD's messages end with a newline
+        if _is_missing(err):
+            raise InputFileNotFoundError(f"no such file: {path!r} ({reason})") from err
+        raise OSError(f"cannot open {path!r} as a ROOT file: {reason}") from err
+
+
+def tree_names(file: Any) -> list[str]:
+    """The TTrees and RNTuples of an open file, by path inside it."""
+    return [k.rsplit(";", 1)[0] for k, c in file.classnames().items() if c in _TREE_CLASSES]
+
+
 def open_tree(source: Source) -> Any:
     """Open the tree (TTree or RNTuple) of a source, with errors that name what is missing.
 
     Chunks are read once per epoch, so uproot's array cache would only hold memory: it is off.
     """
-    if _scheme(source.path) == "root":
-        _prepare_xrootd()
-    try:
-        file = uproot.open(source.path, array_cache=None, handler=_Source)
-    except ImportError as err:
-        raise _missing_protocol(source.path, err) from err
-    except Exception as err:
-        reason = str(err).strip()  # XRootD's messages end with a newline
-        if _is_missing(err):
-            raise InputFileNotFoundError(f"no such file: {source.path!r} ({reason})") from err
-        raise OSError(f"cannot open {source.path!r} as a ROOT file: {reason}") from err
-    trees = [k.rsplit(";", 1)[0] for k, c in file.classnames().items() if c in _TREE_CLASSES]
+    file = open_file(source.path)
+    trees = tree_names(file)
     if source.tree not in trees:
         file.close()
         raise TreeNotFoundError(
@@ -463,6 +475,66 @@ def _is_numbers(layout: Any) -> bool:
         and layout.parameter("__array__") not in ("char", "byte")
         and np.issubdtype(layout.data.dtype, np.number) | (layout.data.dtype == np.bool_)
     )
+
+
+# ----------------------------------------------------------------------------- inspection
+PERCENTILES = (50, 90, 95, 99, 100)
+
+
+@dataclass(frozen=True)
+class BranchSummary:
+    """One branch as rootstream sees it: ``kind`` is flat, jagged or why it is unusable."""
+
+    name: str
+    typename: str
+    kind: str
+    length_percentiles: tuple[int, ...] | None = None  # at PERCENTILES, for jagged ones
+
+
+@dataclass(frozen=True)
+class TreeSummary:
+    name: str
+    classname: str
+    num_entries: int
+    sampled: int  # entries read for kinds and lengths
+    branches: tuple[BranchSummary, ...]
+
+
+def summarize_file(path: str, *, entries: int = 100_000) -> list[TreeSummary]:
+    """Every tree of a file with its branches, their types, kinds and jagged lengths.
+
+    Kinds and length percentiles come from the first ``entries`` entries of each tree.
+    """
+    file = open_file(path)
+    try:
+        return [_summarize_tree(file[name], name, entries) for name in tree_names(file)]
+    finally:
+        file.close()
+
+
+def _summarize_tree(tree: Any, name: str, entries: int) -> TreeSummary:
+    sampled = min(entries, int(tree.num_entries))
+    names = list(tree.keys())  # recursive: the sub-branches of split objects too
+    branches = tuple(_summarize_branch(tree, b, sampled) for b in names)
+    classname = "RNTuple" if is_rntuple(tree) else "TTree"
+    return TreeSummary(name, classname, int(tree.num_entries), sampled, branches)
+
+
+def _summarize_branch(tree: Any, name: str, entries: int) -> BranchSummary:
+    typename = "" if is_rntuple(tree) else tree[name].typename
+    try:
+        array = tree.arrays([name], entry_stop=entries, library="ak")[name]
+        typename = typename or str(array.type.content)
+        column = to_column(array)
+    except UnsupportedBranchError as err:
+        return BranchSummary(name, typename, f"unsupported: {err}")
+    except Exception as err:
+        return BranchSummary(name, typename, f"unreadable: {type(err).__name__}: {err}")
+    if not isinstance(column, Jagged):
+        return BranchSummary(name, typename, "flat")
+    counts = column.counts if len(column) else np.zeros(1, np.int64)
+    percentiles = np.percentile(counts, PERCENTILES, method="inverted_cdf")
+    return BranchSummary(name, typename, "jagged", tuple(int(p) for p in percentiles))
 
 
 # ----------------------------------------------------------------------------- failures

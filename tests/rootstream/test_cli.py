@@ -43,3 +43,30 @@ def test_errors_are_one_line_and_exit_nonzero(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert "missing.root" in err
+
+
+def test_inspect_lists_trees_kinds_and_jagged_lengths(hzz, capsys):
+    assert main(["inspect", hzz]) == 0
+    out = capsys.readouterr().out
+    with uproot.open(hzz) as f:
+        counts = f["events"]["NJet"].array(library="np")
+    expected = "/".join(
+        str(int(np.percentile(counts, p, method="inverted_cdf"))) for p in (50, 90, 95, 99, 100)
+    )
+    assert "TTree 'events': 2,421 entries" in out
+    jet = next(line for line in out.splitlines() if line.split()[:1] == ["Jet_Px"])
+    assert jet.split()[1:] == ["float[]", "jagged", expected]
+    met = next(line for line in out.splitlines() if line.split()[:1] == ["MET_px"])
+    assert met.split()[1:] == ["float", "flat"]
+
+
+def test_serve_is_the_server_command(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["serve", "--help"])
+    assert done.value.code == 0
+    assert "--models" in capsys.readouterr().out
+
+
+def test_bench_names_a_missing_benchmark(capsys):
+    assert main(["bench", "no-such-benchmark"]) == 1
+    assert "no-such-benchmark.py" in capsys.readouterr().err
