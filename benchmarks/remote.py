@@ -31,13 +31,7 @@ from importlib import metadata
 from pathlib import Path
 
 import uproot
-from torch.utils.data import DataLoader
-
-from rootstream import RootIterableDataset
-
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # the tests' XRootD server helper
-from loader import (  # noqa: E402 (benchmarks/ is this script's folder on sys.path)
+from loader import (  # benchmarks/ is this script's folder, so on sys.path
     BATCH_SIZE,
     BRANCHES,
     MAX_LENGTH,
@@ -49,8 +43,11 @@ from loader import (  # noqa: E402 (benchmarks/ is this script's folder on sys.p
     stats_path_of,
     warm_page_cache,
 )
+from torch.utils.data import DataLoader
 
-from tests.rootstream.conftest import XROOTD, XRootDServer  # noqa: E402
+from rootstream import RootIterableDataset
+from rootstream.xrootd_server import XROOTD, XRootDServer
+
 
 MODES = {
     "ul": "uproot.iterate, local",
