@@ -48,7 +48,6 @@ from torch.utils.data import DataLoader
 from rootstream import RootIterableDataset
 from rootstream.xrootd_server import XROOTD, XRootDServer
 
-
 MODES = {
     "ul": "uproot.iterate, local",
     "ur": "uproot.iterate, root://",
