@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint bench bench-remote clean xrootd-server
+.PHONY: test demo lint bench bench-remote bench-root clean xrootd-server
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,14 @@ bench: $(STAMP)
 
 bench-remote: $(STAMP) xrootd-server
 	$(PY) benchmarks/remote.py
+
+# ROOT's RDataLoader as a peer in the loader benchmark, from PyPI's `root` (~250 MB), in a
+# venv of its own so that the project's never depends on it.
+ROOT_VENV ?= .venv-root
+bench-root: $(STAMP)
+	[ -x $(ROOT_VENV)/bin/python ] || { $(PYTHON) -m venv $(ROOT_VENV) && \
+	  $(ROOT_VENV)/bin/pip install --quiet root numpy; }
+	$(PY) benchmarks/loader.py --root-python $(ROOT_VENV)/bin/python
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache .ruff_cache

@@ -41,6 +41,7 @@ import uproot
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from rootstream import RootIterableDataset, compute_stats, synthetic
+from rootstream.dataset import configured_length
 
 HERE = Path(__file__).resolve().parent
 DATA, RESULTS = HERE / "data", HERE / "results"
@@ -54,7 +55,9 @@ MODES = {
     "c": "rootstream DataLoader, 2 workers",
     "t": "DataLoader transport only, 2 workers (ceiling of c)",
 }
-TARGETS = {"b/a": 0.75, "c/b": 1.5, "c/t": None}  # c/t: how close (c) is to its ceiling
+PEER = {"r": "ROOT's RDataLoader (padded, no mask, not normalized), 0 workers"}
+# c/t: how close (c) is to its ceiling; b/r: rootstream against ROOT's loader, when measured
+TARGETS = {"b/a": 0.75, "c/b": 1.5, "c/t": None, "b/r": 2.0}
 SAMPLE_INTERVAL_S = 0.05
 
 
@@ -73,6 +76,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--profile",
         action="store_true",
         help="profile (b) once in this process with cProfile instead",
+    )
+    parser.add_argument(
+        "--root-python",
+        default=os.environ.get("ROOTSTREAM_ROOT_PYTHON"),
+        help="a Python with ROOT (pip install root) to measure ROOT's RDataLoader as peer (r); "
+        "default $ROOTSTREAM_ROOT_PYTHON, else skipped",
     )
     parser.add_argument("--measure", choices=sorted(MODES), help=argparse.SUPPRESS)
     parser.add_argument("--file", type=Path, help=argparse.SUPPRESS)
@@ -194,7 +203,23 @@ def tree_rss(process: psutil.Process) -> int:
     return total
 
 
-def run_child(mode: str, path: Path, step_size: int) -> dict[str, float]:
+def peer_command(root_python: str, path: Path) -> list[str]:
+    """ROOT's loader on the same file, branches, padded lengths and batch size."""
+    lengths = {b: configured_length(b, MAX_LENGTH) for b in synthetic.branch_names(flat=False)}
+    return [
+        root_python,
+        str(HERE / "rdataloader.py"),
+        str(path),
+        TREE,
+        json.dumps(BRANCHES),
+        json.dumps(lengths),
+        str(BATCH_SIZE),
+    ]
+
+
+def run_child(
+    mode: str, path: Path, step_size: int, root_python: str | None = None
+) -> dict[str, float]:
     """Measure one mode in a fresh process, sampling the RSS of its whole process tree."""
     command = [
         sys.executable,
@@ -206,6 +231,8 @@ def run_child(mode: str, path: Path, step_size: int) -> dict[str, float]:
         "--step-size",
         str(step_size),
     ]
+    if mode == "r":
+        command = peer_command(root_python, path)
     child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     watched, peak = psutil.Process(child.pid), 0
     while child.poll() is None:
@@ -237,6 +264,8 @@ def ratios(results: dict[str, dict]) -> dict[str, dict[str, float]]:
     out = {}
     for name, target in TARGETS.items():
         top, bottom = name.split("/")
+        if bottom not in results:
+            continue
         best = results[top]["best"] / results[bottom]["best"]
         median = results[top]["median"] / results[bottom]["median"]
         met = None if target is None else median >= target
@@ -250,7 +279,10 @@ def markdown(results: dict[str, dict], rates: dict[str, dict]) -> str:
         "| peak RSS all processes (MB) |",
         "|---|---|---:|---:|---:|---:|",
     ]
-    for mode, label in MODES.items():
+    for mode, label in {**MODES, **PEER}.items():
+        if mode not in results:
+            lines.append(f"| ({mode}) | {label} | skipped: no --root-python | | | |")
+            continue
         r = results[mode]
         lines.append(
             f"| ({mode}) | {label} | {r['best']:,.0f} | {r['median']:,.0f} "
@@ -305,10 +337,11 @@ def rss_scaling(args: argparse.Namespace, results: dict[str, dict]) -> dict[str,
 def benchmark(args: argparse.Namespace) -> dict[str, object]:
     path = ensure_sample(args.events, args.step_size)
     warm_page_cache(path)
-    runs: dict[str, list] = {mode: [] for mode in MODES}
+    modes = [*MODES, *(PEER if args.root_python else ())]
+    runs: dict[str, list] = {mode: [] for mode in modes}
     for repeat in range(args.repeat):  # interleaved, so that drifts hit every mode alike
-        for mode in MODES:
-            runs[mode].append(run_child(mode, path, args.step_size))
+        for mode in modes:
+            runs[mode].append(run_child(mode, path, args.step_size, args.root_python))
             print(
                 f"run {repeat + 1}/{args.repeat} ({mode}): "
                 f"{runs[mode][-1]['events_per_s']:,.0f} events/s",
