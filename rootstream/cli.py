@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from rootstream import __version__
+from rootstream.errors import RootStreamError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,7 +46,62 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "name", nargs="?", default="loader", help="loader (default), remote, distributed or serve"
     )
+    _add_train(commands)
     return parser
+
+
+def _add_train(commands: argparse._SubParsersAction) -> None:
+    train = commands.add_parser(
+        "train",
+        help="train a model from a YAML config (or flags): checkpoints, ONNX, metrics, upload",
+        description="Train the model of a config on ROOT files (see docs/workflow.md). Flags "
+        "override the config's keys; runs unchanged under torchrun.",
+    )
+    train.add_argument("config", nargs="?", help="YAML file (keys as in docs/workflow.md)")
+    train.add_argument("--files", nargs="+", help="input files (labels then come from --label)")
+    train.add_argument("--features", nargs="+", help="branch names or expressions")
+    train.add_argument("--model", help="path/to/model.py:build")
+    for flag in ("tree", "label", "weight", "cut"):
+        train.add_argument(f"--{flag}")
+    train.add_argument("--task", choices=["binary", "multiclass", "regression"])
+    train.add_argument(
+        "--max-length", type=_yaml_value, help="an int or a YAML mapping, e.g. '{Jet_*: 4}'"
+    )
+    train.add_argument("--normalize", choices=["standard", "minmax", "none"])
+    train.add_argument("--inputs", nargs="+", help="batch arrays the model takes (x mask ...)")
+    train.add_argument("--validation", type=float, help="fraction of events for validation")
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--learning-rate", type=float)
+    train.add_argument("--workers", type=int, help="DataLoader workers per rank")
+    train.add_argument("--seed", type=int)
+    train.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
+    train.add_argument("-o", "--output", help="output directory (default train-output)")
+    train.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    train.add_argument("--upload", metavar="URL", help="upload the ONNX model to rootstream-serve")
+    train.add_argument("--token", help="the server's bearer token")
+    train.add_argument("--name", help="the model's name on the server (default: output dir)")
+    train.add_argument(
+        "--stop-after", type=int, help="stop after this many steps, as if interrupted (tests)"
+    )
+
+
+def _yaml_value(text: str) -> object:
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def _train(args: argparse.Namespace) -> None:
+    from rootstream.config import RULES, load_config
+    from rootstream.train import train
+
+    overrides = {key: getattr(args, key, None) for key in RULES}
+    overrides["normalize"] = None if args.normalize == "none" else args.normalize
+    config = load_config(args.config, overrides)
+    if args.normalize == "none":
+        config = dataclasses.replace(config, normalize=None)
+    train(config, resume=args.resume, stop_after=args.stop_after)
 
 
 def _stats(args: argparse.Namespace) -> None:
@@ -99,10 +156,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve(argv[1:])
     args = _parser().parse_args(argv)
     try:
-        {"stats": _stats, "inspect": _inspect, "bench": _bench}[args.command](args)
+        {"stats": _stats, "inspect": _inspect, "bench": _bench, "train": _train}[args.command](args)
     except BrokenPipeError:  # the output was cut short (| head): nothing to report
         return 0
-    except (OSError, KeyError, ValueError, TypeError, subprocess.CalledProcessError) as err:
+    except (
+        OSError,
+        KeyError,
+        ValueError,
+        TypeError,
+        RootStreamError,
+        subprocess.CalledProcessError,
+    ) as err:
         print(f"rootstream {args.command}: error: {err}", file=sys.stderr)
         return 1
     return 0

@@ -13,12 +13,14 @@ from collections.abc import Iterable
 __all__ = [
     "BranchNotFoundError",
     "ChunkReadError",
+    "ConfigError",
     "ExportError",
     "InputFileNotFoundError",
     "InvalidEventError",
     "ModelSpecError",
     "NonFiniteValueError",
     "RootStreamError",
+    "ServerError",
     "StatsMismatchError",
     "TreeNotFoundError",
     "UnsupportedBranchError",
@@ -79,6 +81,18 @@ class ModelSpecError(RootStreamError, ValueError):
 
 class ExportError(RootStreamError, RuntimeError):
     """A model could not be exported to ONNX, or the export does not reproduce torch's output."""
+
+
+class ConfigError(RootStreamError, ValueError):
+    """A training config has an unknown key, a missing one, or a value of the wrong type."""
+
+
+class ServerError(RootStreamError, RuntimeError):
+    """A rootstream-serve server answered a request with an error (see ``status``)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def close_matches(name: str, choices: Iterable[str], n: int = 5) -> str:
