@@ -63,6 +63,7 @@ def as_rank(path: Path) -> None:
         times.append(max(slowest))
     if dist.get_rank() == 0:
         print(json.dumps(times))
+    dist.barrier()  # no rank tears down while another still finishes a collective
     dist.destroy_process_group()
 
 

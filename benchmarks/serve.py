@@ -6,7 +6,10 @@ machine, loaded in turns by the same tool (wrk, 16 connections, 2 threads):
 
 - single-row JSON predict: ``{"inputs": [[28 numbers]]}``, requests/s and p50/p99 latency;
 - batch of 1024 rows: events/s (both apps), and 1024 raw events
-  (``{"events": [{"f0": ..., ...}, ...]}``, preprocessed by the server; rootstream only).
+  (``{"events": [{"f0": ..., ...}, ...]}``, preprocessed by the server; rootstream only);
+- Open Inference Protocol (KServe v2) infer with the binary tensor extension (what
+  ``tritonclient.http`` sends) at batch 1 and 1024 (rootstream only), against onnxruntime
+  ``run`` in this process on the same arrays, one thread: the physical limit per core.
 
 Every run is repeated (``--repeat``), interleaving the two apps, after a warm-up; the
 median is reported, and the ratio is the median of each repeat's ratio (the two apps run
@@ -73,7 +76,13 @@ wrk.headers["Content-Type"] = "application/json"
 local f = io.open(os.getenv("BODY_FILE"), "rb")
 wrk.body = f:read("*all")
 f:close()
+local length = os.getenv("HEADER_LENGTH")
+if length ~= nil and length ~= "" then
+  wrk.headers["Content-Type"] = nil
+  wrk.headers["Inference-Header-Content-Length"] = length
+end
 """
+BATCH = {"row": 1, "rows1024": 1024, "events1024": 1024, "v2bin1": 1, "v2bin1024": 1024}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -107,10 +116,35 @@ def build_model(path: Path) -> None:
     export_onnx(model, spec, path)
 
 
+def batch_rows() -> np.ndarray:
+    """The 1024 rows every body holds (or the first of them), float32 [1024, 28]."""
+    return np.random.default_rng(1).normal(0, 2, (1024, NUM_INPUTS)).astype(np.float32)
+
+
+def v2_binary_body(x: np.ndarray) -> tuple[bytes, int]:
+    """A v2 infer body as tritonclient sends it: JSON header, then the raw tensor."""
+    header = {
+        "inputs": [
+            {
+                "name": "x",
+                "shape": list(x.shape),
+                "datatype": "FP32",
+                "parameters": {"binary_data_size": x.nbytes},
+            }
+        ],
+        "parameters": {"binary_data_output": True},
+    }
+    text = json.dumps(header).encode()
+    return text + x.astype("<f4").tobytes(), len(text)
+
+
 def bodies(directory: Path) -> dict[str, Path]:
-    """The request bodies: one row, 1024 rows, 1024 raw events."""
-    rng = np.random.default_rng(1)
-    rows = rng.normal(0, 2, (1024, NUM_INPUTS)).astype(np.float32).tolist()
+    """The request bodies: one row, 1024 rows, 1024 raw events, v2 binary 1 and 1024 rows.
+
+    A v2 body's JSON header length is in ``<name>.length`` beside it.
+    """
+    array = batch_rows()
+    rows = array.tolist()
     events = [{f"f{i}": v for i, v in enumerate(row)} for row in rows]
     out = {}
     for name, body in {
@@ -120,7 +154,66 @@ def bodies(directory: Path) -> dict[str, Path]:
     }.items():
         out[name] = directory / f"{name}.json"
         out[name].write_text(json.dumps(body))
+    for name, x in {"v2bin1": array[:1], "v2bin1024": array}.items():
+        body, length = v2_binary_body(x)
+        out[name] = directory / f"{name}.bin"
+        out[name].write_bytes(body)
+        out[name].with_suffix(".length").write_text(str(length))
     return out
+
+
+def header_length(body: Path) -> str:
+    """The v2 JSON header length of a body file, or "" for a plain JSON body."""
+    length = body.with_suffix(".length")
+    return length.read_text() if length.exists() else ""
+
+
+def in_process(model: Path, repeat: int, seconds: float = 3.0) -> dict[str, dict]:
+    """onnxruntime ``run`` in this process, one thread, on the v2 arrays: events/s per core."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    array, results = batch_rows(), {}
+    for name, x in {"v2bin1": array[:1], "v2bin1024": array}.items():
+        feeds = {"x": x}
+        for _ in range(100):  # warm-up
+            session.run(None, feeds)
+        rates = []
+        for _ in range(repeat):
+            calls, start = 0, time.perf_counter()
+            while (elapsed := time.perf_counter() - start) < seconds:
+                for _ in range(50):
+                    session.run(None, feeds)
+                calls += 50
+            rates.append(calls / elapsed)
+        calls_per_s = statistics.median(rates)
+        results[name] = {
+            "calls_per_s": calls_per_s,
+            "events_per_s": calls_per_s * len(x),
+            "us_per_call": 1e6 / calls_per_s,
+        }
+    return results
+
+
+def check_v2_answers(url: str, model: Path, body: Path) -> None:
+    """The v2 binary answer equals onnxruntime run in this process on the same array."""
+    import onnxruntime as ort
+
+    data, length = body.read_bytes(), int(header_length(body))
+    x = np.frombuffer(data[length:], dtype="<f4").reshape(-1, NUM_INPUTS)
+    answer = requests.post(
+        url, data=data, headers={"Inference-Header-Content-Length": str(length)}, timeout=30
+    )
+    answer.raise_for_status()
+    json_size = int(answer.headers["Inference-Header-Content-Length"])
+    (output,) = json.loads(answer.content[:json_size])["outputs"]
+    got = np.frombuffer(answer.content[json_size:], dtype="<f4").reshape(output["shape"])
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    (expected,) = session.run(None, {"x": x})
+    np.testing.assert_array_equal(got, expected)
 
 
 @contextlib.contextmanager
@@ -169,7 +262,7 @@ def wrk(url: str, body: Path, duration: int, script: Path) -> dict[str, float]:
         capture_output=True,
         text=True,
         check=True,
-        env={**os.environ, "BODY_FILE": str(body)},
+        env={**os.environ, "BODY_FILE": str(body), "HEADER_LENGTH": header_length(body)},
     ).stdout
     latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.MULTILINE))
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
@@ -241,15 +334,23 @@ def run(args: argparse.Namespace, work: Path) -> None:
     ):
         upload = requests.post(f"{ours}/models/mlp", data=model.read_bytes(), timeout=60)
         upload.raise_for_status()
-        urls = {"rootstream": f"{ours}/models/mlp/predict", "bare": f"{theirs}/predict"}
+        urls = {
+            "rootstream": f"{ours}/models/mlp/predict",
+            "bare": f"{theirs}/predict",
+            "rootstream-v2": f"{ours}/v2/models/mlp/infer",
+        }
         check_same_answers(urls["rootstream"], urls["bare"], files["row"])
         check_same_answers(urls["rootstream"], urls["bare"], files["rows1024"])
+        check_v2_answers(urls["rootstream-v2"], model, files["v2bin1"])
+        check_v2_answers(urls["rootstream-v2"], model, files["v2bin1024"])
         cases = [
             ("row", "bare"),
             ("row", "rootstream"),
             ("rows1024", "bare"),
             ("rows1024", "rootstream"),
             ("events1024", "rootstream"),
+            ("v2bin1", "rootstream-v2"),
+            ("v2bin1024", "rootstream-v2"),
         ]
         for body, app in cases:  # warm-up: every worker loads its session
             wrk(urls[app], files[body], args.warmup, script)
@@ -259,22 +360,23 @@ def run(args: argparse.Namespace, work: Path) -> None:
                 result = wrk(urls[app], files[body], args.duration, script)
                 runs[f"{app}/{body}"].append(result)
                 print(
-                    f"[{repeat + 1}/{args.repeat}] {app:10s} {body:10s} "
+                    f"[{repeat + 1}/{args.repeat}] {app:13s} {body:10s} "
                     f"{result['requests_per_s']:9.1f} req/s  p50 {result['p50_ms']:.2f} ms  "
                     f"p99 {result['p99_ms']:.2f} ms  non-2xx {result['non_2xx']}",
                     flush=True,
                 )
-    report(args, runs)
+    limit = in_process(model, args.repeat)
+    report(args, runs, limit)
 
 
-def report(args: argparse.Namespace, runs: dict[str, list[dict]]) -> None:
+def report(args: argparse.Namespace, runs: dict[str, list[dict]], limit: dict) -> None:
     def median(case: str, key: str) -> float:
         return statistics.median(r[key] for r in runs[case])
 
     summary = {
         case: {
             "requests_per_s": median(case, "requests_per_s"),
-            "events_per_s": median(case, "requests_per_s") * (1 if case.endswith("row") else 1024),
+            "events_per_s": median(case, "requests_per_s") * BATCH[case.split("/")[1]],
             "p50_ms": median(case, "p50_ms"),
             "p99_ms": median(case, "p99_ms"),
             "non_2xx": sum(r["non_2xx"] for r in runs[case]),
@@ -314,6 +416,11 @@ def report(args: argparse.Namespace, runs: dict[str, list[dict]]) -> None:
         / summary["bare/row"]["requests_per_s"],
         "target": {"ratio_single_row": TARGET, "non_2xx": 0},
         "met": ratio >= TARGET and non_2xx == 0,
+        "onnxruntime_in_process_1_thread": limit,
+        "v2_binary_over_in_process": {
+            body: summary[f"rootstream-v2/{body}"]["events_per_s"] / limit[body]["events_per_s"]
+            for body in limit
+        },
         "runs": runs,
     }
     RESULTS.mkdir(exist_ok=True)
@@ -326,6 +433,13 @@ def report(args: argparse.Namespace, runs: dict[str, list[dict]]) -> None:
         print(
             f"| {app} | {body} | {s['requests_per_s']:,.0f} | {s['events_per_s']:,.0f} | "
             f"{s['p50_ms']:.2f} | {s['p99_ms']:.2f} | {s['non_2xx']} |"
+        )
+    for body, figures in limit.items():
+        served = summary[f"rootstream-v2/{body}"]["events_per_s"]
+        print(
+            f"| onnxruntime in-process, 1 thread | {body} | {figures['calls_per_s']:,.0f} | "
+            f"{figures['events_per_s']:,.0f} | {figures['us_per_call'] / 1000:.3f} | | |  "
+            f"(v2 served / in-process: {served / figures['events_per_s']:.3f})"
         )
     print(
         f"\nsingle row, rootstream-serve / bare app: {ratio:.2f}x (target >= {TARGET}x); "

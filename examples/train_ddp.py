@@ -163,6 +163,7 @@ def main() -> None:
         export_onnx((model.module if world > 1 else model).cpu(), train, path, inputs=INPUTS)
         print(f"wrote {path}: the model and its preprocessing, checked against torch")
     if dist.is_initialized():
+        dist.barrier()  # no rank tears down while another still finishes a collective
         dist.destroy_process_group()
 
 

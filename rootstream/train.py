@@ -69,7 +69,10 @@ def train(
     """
     rank, world, device = _setup_distributed()
     try:
-        return _Run(config, rank, world, device).run(resume=resume, stop_after=stop_after)
+        result = _Run(config, rank, world, device).run(resume=resume, stop_after=stop_after)
+        if dist.is_initialized():
+            dist.barrier()  # no rank tears down while another still finishes a collective
+        return result
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

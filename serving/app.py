@@ -26,6 +26,7 @@ from serving.errors import BadRequestError, ForbiddenError, ServingError, Unauth
 from serving.metrics import Metrics
 from serving.runtime import ModelCache
 from serving.store import ModelStore
+from serving.v2 import protocol, repository
 
 __all__ = ["ServerConfig", "create_app"]
 
@@ -62,6 +63,8 @@ def create_app(config: ServerConfig | Mapping[str, Any] | str | os.PathLike) -> 
     app.register_blueprint(management)
     app.register_blueprint(inference)
     app.register_blueprint(observability)
+    app.register_blueprint(protocol)
+    app.register_blueprint(repository)
     app.register_error_handler(ServingError, _serving_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _server_fault)
@@ -88,6 +91,9 @@ def _authorize() -> None:
         raise UnauthorizedError("this route needs the header 'Authorization: Bearer <token>'")
     if not hmac.compare_digest(given.strip().encode(), token.encode()):
         raise ForbiddenError("the bearer token is wrong")
+
+
+repository.before_request(_authorize)  # the v2 repository extension changes models too
 
 
 @management.post("/models/<name>")

@@ -13,6 +13,8 @@ __all__ = [
     "InvalidModelError",
     "InvalidNameError",
     "ModelNotFoundError",
+    "ModelNotReadyError",
+    "ModelUnavailableError",
     "PayloadTooLargeError",
     "ServingError",
     "UnauthorizedError",
@@ -37,6 +39,10 @@ class BadRequestError(ServingError):
 
 class InvalidModelError(BadRequestError):
     """An upload is no valid, self-contained ONNX model that onnxruntime can load."""
+
+
+class ModelNotReadyError(BadRequestError):
+    """A model that exists is unloaded: 400, as Triton answers ``/v2/models/<m>/ready``."""
 
 
 class InvalidNameError(BadRequestError):
@@ -71,3 +77,9 @@ class PayloadTooLargeError(ServingError):
     """An upload or a request body exceeds the configured size."""
 
     status = 413
+
+
+class ModelUnavailableError(ServingError):
+    """The model exists but was unloaded (Open Inference Protocol repository extension)."""
+
+    status = 503

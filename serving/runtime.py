@@ -37,6 +37,9 @@ DTYPES = {
     "tensor(int16)": np.dtype(np.int16),
     "tensor(int8)": np.dtype(np.int8),
     "tensor(uint8)": np.dtype(np.uint8),
+    "tensor(uint16)": np.dtype(np.uint16),
+    "tensor(uint32)": np.dtype(np.uint32),
+    "tensor(uint64)": np.dtype(np.uint64),
     "tensor(bool)": np.dtype(np.bool_),
 }
 
@@ -205,13 +208,45 @@ class Model:
             raise BadRequestError(f"events: {err}") from None
         return {name: arrays[name] for name in self.spec.inputs}
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run the session: ``{output name: array}``."""
+    def check_tensors(self, tensors: Mapping[str, np.ndarray]) -> None:
+        """Check typed tensors (Open Inference Protocol): names, dtypes and fixed dims."""
+        names = [i.name for i in self.inputs]
+        unknown = [k for k in tensors if k not in names]
+        missing = [n for n in names if n not in tensors]
+        if unknown or missing:
+            raise BadRequestError(
+                f"inputs of model {self.name!r} are {names}; "
+                + (f"missing {missing}" if missing else f"unknown {unknown}")
+            )
+        for info in self.inputs:
+            array = tensors[info.name]
+            shape_ok = array.ndim == len(info.shape) and all(
+                d is None or d == s for d, s in zip(info.shape, array.shape, strict=True)
+            )
+            if array.dtype != info.dtype or not shape_ok:
+                raise BadRequestError(
+                    f"input {info.name!r} is [{', '.join(map(str, array.shape))}] "
+                    f"{array.dtype.name}; model {self.name!r} takes {info.signature()}"
+                )
+        rows = {i.name: tensors[i.name].shape[0] for i in self.inputs if i.shape[:1] == (None,)}
+        if len(set(rows.values())) > 1:
+            raise BadRequestError(f"the inputs have different numbers of rows: {rows}")
+
+    def run(
+        self, feeds: Mapping[str, np.ndarray], outputs: list[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Run the session: ``{output name: array}`` for ``outputs`` (default: all)."""
+        names = self._output_names if outputs is None else outputs
+        unknown = [n for n in names if n not in self._output_names]
+        if unknown:
+            raise BadRequestError(
+                f"model {self.name!r} has no outputs {unknown} (it has {self._output_names})"
+            )
         try:
-            outputs = self.session.run(self._output_names, dict(feeds))
+            arrays = self.session.run(names, dict(feeds))
         except InvalidArgument as err:
             raise BadRequestError(f"model {self.name!r} rejects the inputs: {err}") from None
-        return dict(zip(self._output_names, outputs, strict=True))
+        return dict(zip(names, arrays, strict=True))
 
 
 def _kind_name(kind: str) -> str:

@@ -3,6 +3,7 @@
 ::
 
     <root>/<name>/<version>/model.onnx      versions 1, 2, ...; the highest serves by default
+    <root>/<name>/.unloaded                 present while the model is unloaded (KServe v2)
 
 Every change is atomic. An upload is written, flushed and validated in a hidden staging
 directory inside its model directory (``<name>/.upload-*``, which Triton ignores as it
@@ -45,6 +46,7 @@ VERSION = re.compile(r"[1-9][0-9]{0,17}")
 _CHUNK = 1 << 20
 _STAGING = ".upload-"
 _TRASH = ".deleted-"
+UNLOADED = ".unloaded"  # marker file in a model directory: the model is unloaded
 _SETTLED_NS = 1_000_000_000
 
 
@@ -146,6 +148,20 @@ class ModelStore:
             )
         return listing[version]
 
+    def is_unloaded(self, name: str) -> bool:
+        """Whether the model was unloaded (Open Inference Protocol); its files stay."""
+        return os.path.exists(f"{self._root}{os.sep}{name}{os.sep}{UNLOADED}")
+
+    def set_unloaded(self, name: str, unloaded: bool) -> None:
+        """Mark an existing model unloaded (a marker file all processes see) or loaded."""
+        self.get(name)
+        marker = self.root / name / UNLOADED
+        if unloaded:
+            marker.touch()
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                marker.unlink()
+
     # ----------------------------------------------------------------- writing
     def add(
         self, name: str, stream: BinaryIO, *, check: Callable[[Path], None] | None = None
@@ -244,6 +260,8 @@ class ModelStore:
             raise ModelNotFoundError(f"model {name!r} was deleted meanwhile") from None
         shutil.rmtree(trash, ignore_errors=True)
         if version is not None and not self._listing(name):
+            with contextlib.suppress(OSError):
+                os.unlink(self.root / name / UNLOADED)
             with contextlib.suppress(OSError):  # not empty: an upload is in flight
                 os.rmdir(self.root / name)
         return deleted

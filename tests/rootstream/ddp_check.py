@@ -76,6 +76,7 @@ def main() -> None:
     (args.out / f"{name}{rank}.json").write_text(
         json.dumps({"events": events, "steps": steps, "weights": weights, "stats": summary})
     )
+    dist.barrier()  # no rank tears down while another still finishes a collective
     dist.destroy_process_group()
 
 

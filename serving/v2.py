@@ -1,0 +1,211 @@
+"""Open Inference Protocol (KServe v2) REST routes, so ``tritonclient.http`` works unchanged.
+
+HTTP only: the bodies are parsed and written by :mod:`serving.v2codec`, the work is done by
+the :class:`~serving.dataplane.DataPlane`. ``protocol`` holds health, metadata and infer;
+``repository`` the model-repository extension (protected by the token, like management).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from serving.errors import BadRequestError, ModelNotReadyError
+from serving.runtime import Model, TensorInfo
+from serving.v2codec import (
+    ONNX_DATATYPES,
+    decode_inputs,
+    decode_outputs,
+    encode_response,
+    split_body,
+)
+
+__all__ = ["EXTENSIONS", "protocol", "repository"]
+
+EXTENSIONS = ["binary_tensor_data", "model_repository"]
+HEADER_LENGTH = "Inference-Header-Content-Length"
+PLATFORM = "onnxruntime_onnx"
+
+protocol = Blueprint("v2", __name__)
+repository = Blueprint("v2_repository", __name__)
+
+
+def _plane() -> Any:
+    return current_app.extensions["rootstream"].plane
+
+
+def _server_version() -> str:
+    try:
+        return package_version("rootstream")
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        return "0+unknown"
+
+
+# ----------------------------------------------------------------- health and metadata
+@protocol.get("/v2")
+def server_metadata() -> Response:
+    return jsonify(name="rootstream", version=_server_version(), extensions=EXTENSIONS)
+
+
+@protocol.get("/v2/health/live")
+def live() -> Response:
+    return jsonify(live=True)
+
+
+@protocol.get("/v2/health/ready")
+def ready() -> Response:
+    return jsonify(ready=True)
+
+
+@protocol.get("/v2/models/<name>/ready")
+@protocol.get("/v2/models/<name>/versions/<int:version>/ready")
+def model_ready(name: str, version: int | None = None) -> Response:
+    plane = _plane()
+    plane.store.get(name, version)
+    if plane.store.is_unloaded(name):
+        raise ModelNotReadyError(f"model {name!r} is unloaded, not ready")
+    plane.model(name, version)
+    return jsonify(name=name, ready=True)
+
+
+def _tensor(info: TensorInfo) -> dict[str, Any]:
+    return {
+        "name": info.name,
+        "datatype": ONNX_DATATYPES.get(info.type, info.type),
+        "shape": [-1 if d is None else d for d in info.shape],
+    }
+
+
+@protocol.get("/v2/models/<name>")
+@protocol.get("/v2/models/<name>/versions/<int:version>")
+def model_metadata(name: str, version: int | None = None) -> Response:
+    plane = _plane()
+    model: Model = plane.available_model(name, version)
+    return jsonify(
+        name=name,
+        versions=[str(v) for v in plane.store.versions(name)],
+        platform=PLATFORM,
+        inputs=[_tensor(i) for i in model.inputs],
+        outputs=[_tensor(o) for o in model.outputs],
+    )
+
+
+@protocol.get("/v2/models/<name>/config")
+@protocol.get("/v2/models/<name>/versions/<int:version>/config")
+def model_config(name: str, version: int | None = None) -> Response:
+    """A Triton model configuration; ``max_batch_size`` 0 with the batch axis as -1 in dims."""
+    model: Model = _plane().available_model(name, version)
+
+    def config(info: TensorInfo) -> dict[str, Any]:
+        datatype = ONNX_DATATYPES.get(info.type, info.type)
+        dtype = "STRING" if datatype == "BYTES" else datatype
+        dims = [-1 if d is None else d for d in info.shape]
+        return {"name": info.name, "data_type": f"TYPE_{dtype}", "dims": dims}
+
+    return jsonify(
+        name=name,
+        platform=PLATFORM,
+        backend="onnxruntime",
+        max_batch_size=0,
+        version_policy={"latest": {"num_versions": 1}},
+        input=[config(i) for i in model.inputs],
+        output=[config(o) for o in model.outputs],
+    )
+
+
+# ----------------------------------------------------------------- inference
+@protocol.post("/v2/models/<name>/infer")
+@protocol.post("/v2/models/<name>/versions/<int:version>/infer")
+def infer(name: str, version: int | None = None) -> Response:
+    header, binary = split_body(request.get_data(), request.headers.get(HEADER_LENGTH))
+    request_id = header.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise BadRequestError("the request 'id' must be a string")
+    tensors = decode_inputs(header, binary)
+    requested, binary_default = decode_outputs(header)
+    names = None if requested is None else [o.name for o in requested]
+    if names is not None and len(set(names)) != len(names):
+        raise BadRequestError(f"an output is requested twice: {names}")
+    model, arrays = _plane().infer(name, version, tensors, names)
+    if requested is None:
+        flags = dict.fromkeys(arrays, binary_default)
+    else:
+        flags = {o.name: o.binary for o in requested}
+    answer: dict[str, Any] = {"model_name": name, "model_version": str(model.version)}
+    if request_id is not None:
+        answer["id"] = request_id
+    body, json_size = encode_response(answer, [(n, a, flags[n]) for n, a in arrays.items()])
+    if json_size is None:
+        return Response(body, content_type="application/json")
+    response = Response(body, content_type="application/octet-stream")
+    response.headers[HEADER_LENGTH] = str(json_size)
+    return response
+
+
+# ----------------------------------------------------------------- repository extension
+def _json_object(what: str) -> dict[str, Any]:
+    raw = request.get_data()
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise BadRequestError(f"the {what} body is not valid JSON: {err}") from None
+    if not isinstance(body, dict):
+        raise BadRequestError(f"the {what} body must be a JSON object")
+    return body
+
+
+def _parameters(body: dict[str, Any], what: str) -> dict[str, Any]:
+    parameters = body.get("parameters", {})
+    if not isinstance(parameters, dict):
+        raise BadRequestError(f"the {what} 'parameters' must be an object")
+    return parameters
+
+
+@repository.post("/v2/repository/index")
+def repository_index() -> Response:
+    body = _json_object("index")
+    only_ready = body.get("ready", False)
+    if not isinstance(only_ready, bool):
+        raise BadRequestError("'ready' must be true or false")
+    entries = _plane().index()
+    return jsonify([e for e in entries if e["state"] == "READY" or not only_ready])
+
+
+@repository.post("/v2/repository/models/<name>/load")
+def repository_load(name: str) -> Response:
+    parameters = _parameters(_json_object("load"), "load")
+    config = parameters.get("config")
+    if config is not None:
+        try:
+            parsed = json.loads(config) if isinstance(config, str) else None
+        except ValueError as err:
+            raise BadRequestError(f"parameters.config is not valid JSON: {err}") from None
+        if not isinstance(parsed, dict):
+            raise BadRequestError("parameters.config must be a JSON object in a string")
+    files = {}
+    for key, value in parameters.items():
+        if not key.startswith("file:"):
+            continue
+        if not isinstance(value, str):
+            raise BadRequestError(f"parameter {key!r} must be base64 text")
+        try:
+            files[key] = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise BadRequestError(f"parameter {key!r} is not valid base64") from None
+    _plane().load(name, files)
+    return jsonify({})
+
+
+@repository.post("/v2/repository/models/<name>/unload")
+def repository_unload(name: str) -> Response:
+    _parameters(_json_object("unload"), "unload")
+    _plane().unload(name)
+    return jsonify({})

@@ -1,0 +1,292 @@
+"""The Open Inference Protocol (KServe v2) body codec: pure functions, no Flask, no onnxruntime.
+
+An infer body is a JSON object, optionally followed by raw tensors (the *binary tensor
+data* extension): the header ``Inference-Header-Content-Length`` gives the length of the
+JSON part, and each binary tensor says its byte count in ``parameters.binary_data_size``;
+the tensors follow one another, row-major, little-endian, in the order they are listed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from serving.errors import BadRequestError
+
+__all__ = [
+    "DATATYPES",
+    "ONNX_DATATYPES",
+    "RequestedOutput",
+    "decode_inputs",
+    "decode_outputs",
+    "encode_response",
+    "split_body",
+    "v2_datatype",
+]
+
+DATATYPES: dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_),
+    "INT8": np.dtype("<i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "UINT8": np.dtype("<u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+}
+"""v2 datatype -> numpy dtype (little-endian, as on the wire)."""
+
+ONNX_DATATYPES = {
+    "tensor(bool)": "BOOL",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
+    "tensor(bfloat16)": "BF16",
+}
+"""onnxruntime type string -> v2 datatype."""
+
+_KINDS = {"BOOL": "b", **{k: "biu" for k in DATATYPES if "INT" in k}}  # ints accept bools
+
+
+def v2_datatype(dtype: np.dtype) -> str:
+    """The v2 datatype of a numpy dtype (``float32`` -> ``FP32``)."""
+    for name, candidate in DATATYPES.items():
+        if candidate == dtype.newbyteorder("<"):
+            return name
+    raise BadRequestError(f"numpy dtype {dtype} has no v2 datatype")
+
+
+@dataclass(frozen=True)
+class RequestedOutput:
+    """An output the request asks for, and whether it wants it as binary data."""
+
+    name: str
+    binary: bool
+
+
+def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], memoryview]:
+    """Split an infer body into its JSON object and the binary data after it.
+
+    Args:
+        body: the whole request body.
+        header_length: the ``Inference-Header-Content-Length`` header (None: all JSON).
+
+    Returns:
+        The JSON object and the bytes after it (empty without binary data).
+    """
+    view = memoryview(body)
+    if header_length is None:
+        size = len(body)
+    else:
+        text = header_length.strip()
+        if not text.isdigit() or int(text) > len(body):
+            raise BadRequestError(
+                f"Inference-Header-Content-Length is {header_length!r}: it must be the byte "
+                f"length of the JSON header, an integer from 0 to the body size {len(body)}"
+            )
+        size = int(text)
+    try:
+        header = json.loads(bytes(view[:size]))
+    except (ValueError, UnicodeDecodeError) as err:
+        where = "the body" if header_length is None else f"the first {size} bytes of the body"
+        raise BadRequestError(f"{where} are not a JSON object: {err}") from None
+    if not isinstance(header, dict):
+        raise BadRequestError("the inference request must be a JSON object with 'inputs'")
+    return header, view[size:]
+
+
+def decode_inputs(header: Mapping[str, Any], binary: memoryview) -> dict[str, np.ndarray]:
+    """The input tensors of a request, checked: ``{name: array}`` in the order given.
+
+    Raises:
+        BadRequestError: a missing or malformed field, an unknown datatype, or data whose
+            size does not match ``shape`` and ``datatype``; the message names the input.
+    """
+    inputs = header.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise BadRequestError("the inference request needs 'inputs': a non-empty list of tensors")
+    arrays: dict[str, np.ndarray] = {}
+    offset = 0
+    for index, tensor in enumerate(inputs):
+        if not isinstance(tensor, dict):
+            raise BadRequestError(f"inputs[{index}] must be an object with name, shape, datatype")
+        name = tensor.get("name")
+        if not isinstance(name, str):
+            raise BadRequestError(f"inputs[{index}] needs a string 'name'")
+        if name in arrays:
+            raise BadRequestError(f"input {name!r} is given twice")
+        dtype, shape = _datatype(tensor, f"input {name!r}"), _shape(tensor, name)
+        count = math.prod(shape)
+        size = _binary_size(tensor.get("parameters"), name)
+        if size is not None:
+            if "data" in tensor:
+                raise BadRequestError(f"input {name!r} has both 'data' and binary_data_size")
+            expected = count * dtype.itemsize
+            if size != expected:
+                raise BadRequestError(
+                    f"input {name!r}: binary_data_size is {size} bytes, but shape {shape} of "
+                    f"{tensor['datatype']} takes {expected}"
+                )
+            if offset + size > len(binary):
+                raise BadRequestError(
+                    f"input {name!r}: the body ends after {len(binary)} bytes of binary data, "
+                    f"{offset + size} needed (truncated body or wrong header length?)"
+                )
+            array = np.frombuffer(binary[offset : offset + size], dtype=dtype).reshape(shape)
+            offset += size
+        else:
+            array = _from_json(tensor, name, dtype, shape, count)
+        arrays[name] = array
+    if offset != len(binary):
+        raise BadRequestError(
+            f"the body holds {len(binary)} bytes after the JSON header, but the inputs' "
+            f"binary_data_size add up to {offset}"
+        )
+    return arrays
+
+
+def _datatype(tensor: Mapping[str, Any], what: str) -> np.dtype:
+    datatype = tensor.get("datatype")
+    if datatype not in DATATYPES:
+        supported = ", ".join(DATATYPES)
+        raise BadRequestError(f"{what} has datatype {datatype!r}; supported: {supported}")
+    return DATATYPES[datatype]
+
+
+def _shape(tensor: Mapping[str, Any], name: str) -> list[int]:
+    shape = tensor.get("shape")
+    ok = isinstance(shape, list) and all(
+        isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**40 for d in shape
+    )
+    if not ok:
+        raise BadRequestError(f"input {name!r} needs 'shape': a list of non-negative integers")
+    return shape
+
+
+def _binary_size(parameters: Any, name: str) -> int | None:
+    if parameters is None:
+        return None
+    if not isinstance(parameters, dict):
+        raise BadRequestError(f"the parameters of {name!r} must be an object")
+    size = parameters.get("binary_data_size")
+    if size is None:
+        return None
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise BadRequestError(f"input {name!r}: binary_data_size must be a non-negative integer")
+    return size
+
+
+def _from_json(
+    tensor: Mapping[str, Any], name: str, dtype: np.dtype, shape: list[int], count: int
+) -> np.ndarray:
+    if "data" not in tensor:
+        raise BadRequestError(f"input {name!r} has neither 'data' nor parameters.binary_data_size")
+    try:
+        values = np.asarray(tensor["data"])
+    except (ValueError, TypeError):
+        raise BadRequestError(f"input {name!r}: 'data' is ragged") from None
+    kind = values.dtype.kind
+    allowed = _KINDS.get(tensor["datatype"], "biuf")
+    if values.size and kind not in allowed:
+        want = {"b": "true/false", "biu": "integers"}.get(allowed, "numbers")
+        raise BadRequestError(f"input {name!r} of {tensor['datatype']}: 'data' must hold {want}")
+    if values.size != count:
+        raise BadRequestError(
+            f"input {name!r}: 'data' holds {values.size} values, shape {shape} needs {count}"
+        )
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):
+            array = values.astype(dtype).reshape(shape)
+    except (OverflowError, ValueError):
+        raise BadRequestError(f"input {name!r}: values out of {tensor['datatype']} range") from None
+    if dtype.kind in "iu" and not np.array_equal(array.reshape(values.shape), values):
+        raise BadRequestError(f"input {name!r}: values out of {tensor['datatype']} range")
+    return array
+
+
+def decode_outputs(header: Mapping[str, Any]) -> tuple[list[RequestedOutput] | None, bool]:
+    """The outputs a request asks for (None: all), each with its binary flag.
+
+    ``binary_data_output`` in the request's parameters is the default of every output;
+    an output's own ``binary_data`` parameter overrides it.
+
+    Returns:
+        The requested outputs (None when the request names none) and the default flag.
+    """
+    parameters = header.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise BadRequestError("the request's 'parameters' must be an object")
+    default = parameters.get("binary_data_output", False)
+    if not isinstance(default, bool):
+        raise BadRequestError("parameters.binary_data_output must be true or false")
+    outputs = header.get("outputs")
+    if outputs is None:
+        return None, default
+    if not isinstance(outputs, list):
+        raise BadRequestError("'outputs' must be a list of objects with 'name'")
+    requested = []
+    for index, output in enumerate(outputs):
+        if not isinstance(output, dict) or not isinstance(output.get("name"), str):
+            raise BadRequestError(f"outputs[{index}] must be an object with a string 'name'")
+        own = output.get("parameters") or {}
+        if not isinstance(own, dict):
+            raise BadRequestError(f"the parameters of output {output['name']!r} must be an object")
+        binary = own.get("binary_data", default)
+        if not isinstance(binary, bool):
+            raise BadRequestError(f"output {output['name']!r}: binary_data must be true or false")
+        requested.append(RequestedOutput(output["name"], binary))
+    return requested, default
+
+
+def encode_response(
+    header: Mapping[str, Any], outputs: list[tuple[str, np.ndarray, bool]]
+) -> tuple[bytes, int | None]:
+    """The response body: JSON (with ``model_name``, ``id``...) plus binary outputs.
+
+    Args:
+        header: the response's fields other than ``outputs``.
+        outputs: ``(name, array, binary)`` for each output, in order.
+
+    Returns:
+        The body, and the length of its JSON part when binary data follows (else None).
+    """
+    described, blobs = [], []
+    for name, array, binary in outputs:
+        tensor: dict[str, Any] = {
+            "name": name,
+            "datatype": v2_datatype(array.dtype),
+            "shape": list(array.shape),
+        }
+        if binary:
+            blob = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+            tensor["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            flat = array.reshape(-1)
+            if flat.dtype.kind == "f" and not np.isfinite(flat).all():
+                tensor["data"] = np.where(np.isfinite(flat), flat, None).tolist()
+            else:
+                tensor["data"] = flat.tolist()
+        described.append(tensor)
+    text = json.dumps({**header, "outputs": described}, separators=(",", ":")).encode()
+    if not blobs:
+        return text, None
+    return b"".join([text, *blobs]), len(text)
