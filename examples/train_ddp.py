@@ -31,12 +31,12 @@ from train_demo import (
     JAGGED,
     MAX_LENGTH,
     Classifier,
-    auc,
     model_inputs,
     write_samples,
 )
 
 from rootstream import RootIterableDataset, export_onnx
+from rootstream.evaluation import auc
 
 # torchdata 0.11 calls a deprecated torch function whenever a loader starts; harmless.
 warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)

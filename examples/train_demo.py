@@ -25,8 +25,11 @@ import torch
 import uproot
 from torch import nn
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from rootstream import RootIterableDataset, compute_stats, export_onnx, synthetic
+from rootstream.evaluation import auc
+from rootstream.plots import plot_curves, plot_roc
 from rootstream.xrootd_server import XROOTD, XRootDServer
 
 FLAT = ["MET_pt", "MET_significance", "HT", "MHT_pt", "ST", "nPV"]
@@ -64,15 +67,6 @@ def write_samples(out: Path, num_events: int) -> dict[str, int]:
     return files
 
 
-def auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve from ranks (Mann-Whitney U); ties get their mean rank."""
-    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
-    ranks = (np.cumsum(counts) - (counts - 1) / 2.0)[inverse]
-    positive = labels > 0.5
-    num_pos, num_neg = int(positive.sum()), int((~positive).sum())
-    return float((ranks[positive].sum() - num_pos * (num_pos + 1) / 2) / (num_pos * num_neg))
-
-
 class Classifier(nn.Module):
     """An MLP over the values and the mask side by side, so padding differs from a real 0."""
 
@@ -104,13 +98,18 @@ def train_epoch(
     model.train()
     loss_fn = nn.BCEWithLogitsLoss(reduction="sum")
     total_loss, num_events = 0.0, 0
-    for batch in loader:
+    bar = tqdm(loader, unit=" batches", leave=False, disable=None)  # shown on a terminal
+    start = time.perf_counter()
+    for batch in bar:
         optimizer.zero_grad()
         loss = loss_fn(model(*model_inputs(batch)).squeeze(1), batch["y"])
         (loss / len(batch["y"])).backward()
         optimizer.step()
         total_loss += loss.item()
         num_events += len(batch["y"])
+        if not bar.disable:
+            rate = num_events / (time.perf_counter() - start)
+            bar.set_postfix_str(f"{rate:,.0f} events/s")
     return total_loss / num_events, num_events
 
 
@@ -173,16 +172,25 @@ def train_and_serve(
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     train_loader = DataLoader(train, batch_size=None, num_workers=args.workers)
     val_loader = DataLoader(val, batch_size=None)
+    history = []
     for epoch in range(args.epochs):
         train.set_epoch(epoch)
         start = time.perf_counter()
         loss, num_events = train_epoch(model, train_loader, optimizer)
         rate = num_events / (time.perf_counter() - start)
-        val_auc = auc(*predict(model, val_loader))
+        scores, labels = predict(model, val_loader)
+        val_auc = auc(scores, labels)
+        val_loss = nn.functional.binary_cross_entropy_with_logits(
+            torch.from_numpy(scores), torch.from_numpy(labels)
+        ).item()
+        history.append({"epoch": epoch, "train_loss": loss, "val_loss": val_loss, "AUC": val_auc})
         print(
-            f"epoch {epoch}: train loss {loss:.4f}  val AUC {val_auc:.4f}  "
-            f"{rate:,.0f} events/s ({num_events} training events)"
+            f"epoch {epoch}: train loss {loss:.4f}  val loss {val_loss:.4f}  val AUC {val_auc:.4f}"
+            f"  {rate:,.0f} events/s ({num_events} training events)"
         )
+    plot_curves(history, "AUC", args.out / "training.png")
+    plot_roc(scores, labels, args.out / "roc.png")
+    print(f"wrote {args.out}/training.png and {args.out}/roc.png")
     if val_auc < args.min_auc:
         raise SystemExit(f"validation AUC {val_auc:.3f} is below {args.min_auc}: training failed")
     path = args.out / "model.onnx"
