@@ -50,6 +50,7 @@ class Client:
         return f"Client({self.url!r})"
 
     def close(self) -> None:
+        """Close the HTTP session."""
         self._session.close()
 
     def __enter__(self) -> Client:

@@ -51,14 +51,17 @@ class TrainConfig:
     name: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """The config as plain data (what checkpoints and metrics.json record)."""
         return asdict(self)
 
     @property
     def model_path(self) -> Path:
+        """The model file of ``model: path/to/model.py:build``."""
         return Path(self.model.rpartition(":")[0] or self.model)
 
     @property
     def model_function(self) -> str:
+        """The function of ``model: path/to/model.py:build`` (default ``build``)."""
         path, sep, function = self.model.rpartition(":")
         return function if sep and path else "build"
 

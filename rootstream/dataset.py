@@ -211,6 +211,7 @@ class RootIterableDataset(IterableDataset):
 
     @property
     def features(self) -> list[str]:
+        """The features, as given (or as the groups list them)."""
         return self._reader.features
 
     @property
@@ -239,10 +240,12 @@ class RootIterableDataset(IterableDataset):
 
     @property
     def task(self) -> str | None:
+        """``binary``, ``multiclass``, ``regression``, or None without labels."""
         return self._reader.task
 
     @property
     def label_names(self) -> list[str] | None:
+        """Class names in index order (string labels of a files dict), else None."""
         return self._reader.label_names
 
     @property

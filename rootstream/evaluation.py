@@ -42,6 +42,7 @@ def accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
 
 
 def rmse(predictions: np.ndarray, targets: np.ndarray) -> float:
+    """Root mean square error."""
     return float(np.sqrt(np.mean((predictions - targets) ** 2)))
 
 

@@ -51,6 +51,7 @@ class ModelSpec:
         return self.spec.feature_names
 
     def to_json(self) -> str:
+        """The spec as the JSON string stored in the ONNX metadata."""
         return json.dumps(
             {
                 "format": FORMAT,
@@ -66,6 +67,7 @@ class ModelSpec:
 
     @classmethod
     def from_json(cls, text: str) -> ModelSpec:
+        """A spec from the ONNX metadata; an error says what is wrong with it."""
         try:
             data = json.loads(text)
             if data.get("format") != FORMAT:

@@ -44,6 +44,7 @@ class Jagged(NamedTuple):
 
     @property
     def counts(self) -> np.ndarray:
+        """Elements per event, int64 ``[N]``."""
         return np.diff(self.offsets)
 
     def __len__(self) -> int:
@@ -68,13 +69,16 @@ class FeatureSpec:
 
     @property
     def jagged(self) -> bool:
+        """Whether the feature is padded (has a length)."""
         return self.length is not None
 
     @property
     def width(self) -> int:
+        """Columns the feature takes in ``x``: 1, or its length."""
         return 1 if self.length is None else self.length
 
     def column_names(self) -> list[str]:
+        """The names of its columns: ``name`` or ``name[0]``, ``name[1]``, ..."""
         if self.length is None:
             return [self.name]
         return [f"{self.name}[{i}]" for i in range(self.length)]
@@ -105,6 +109,7 @@ class Spec:
                 )
 
     def feature(self, name: str) -> FeatureSpec:
+        """The spec of one feature, by name."""
         for f in self.features:
             if f.name == name:
                 return f
@@ -117,13 +122,16 @@ class Spec:
 
     @property
     def has_jagged(self) -> bool:
+        """Whether any feature is jagged (so a mask is produced)."""
         return any(f.jagged for f in self.features)
 
     def to_json(self) -> str:
+        """The spec as a JSON string (what an ONNX file carries)."""
         return json.dumps({"version": SPEC_VERSION, **asdict(self)})
 
     @classmethod
     def from_json(cls, text: str) -> Spec:
+        """A spec from :meth:`to_json`'s output."""
         data = json.loads(text)
         if data.pop("version", None) != SPEC_VERSION:
             raise ValueError(f"unsupported preprocessing spec version (expected {SPEC_VERSION})")

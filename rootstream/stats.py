@@ -71,6 +71,7 @@ class Moments:
 
     @property
     def std(self) -> float:
+        """Population standard deviation."""
         return math.sqrt(self.m2 / self.count) if self.count else 0.0
 
     def length_quantile(self, q: float) -> int:
@@ -113,6 +114,7 @@ class Stats:
 
     @classmethod
     def merge_all(cls, parts: Iterable[Stats]) -> Stats:
+        """Merge many partial results, in order."""
         parts = list(parts)
         result = parts[0]
         for part in parts[1:]:
@@ -121,6 +123,7 @@ class Stats:
 
     @property
     def branches(self) -> list[str]:
+        """The branches (features) described."""
         return list(self._moments)
 
     def _field(self, name: str) -> dict[str, Any]:
@@ -128,26 +131,32 @@ class Stats:
 
     @property
     def count(self) -> dict[str, int]:
+        """Values per branch (elements, for a jagged branch)."""
         return self._field("count")
 
     @property
     def mean(self) -> dict[str, float]:
+        """Mean per branch."""
         return self._field("mean")
 
     @property
     def std(self) -> dict[str, float]:
+        """Population standard deviation per branch."""
         return self._field("std")
 
     @property
     def min(self) -> dict[str, float]:
+        """Smallest value per branch."""
         return self._field("min")
 
     @property
     def max(self) -> dict[str, float]:
+        """Largest value per branch."""
         return self._field("max")
 
     @property
     def length_quantiles(self) -> dict[str, dict[float, int]]:
+        """Per jagged branch: ``{quantile: elements}`` for 50, 90, 95, 99, 100%."""
         return {
             b: {q: m.length_quantile(q) for q in QUANTILES}
             for b, m in self._moments.items()
@@ -155,9 +164,11 @@ class Stats:
         }
 
     def is_jagged(self, branch: str) -> bool:
+        """Whether ``branch`` is variable-length."""
         return self.moments(branch).lengths is not None
 
     def moments(self, branch: str) -> Moments:
+        """The running moments of one branch; an error names a missing one."""
         try:
             return self._moments[branch]
         except KeyError:
@@ -186,6 +197,7 @@ class Stats:
             )
 
     def save(self, path: str | os.PathLike) -> None:
+        """Write the statistics and their fingerprint as JSON (atomically)."""
         data = {
             "version": STATS_VERSION,
             "fingerprint": self.fingerprint,
@@ -198,6 +210,7 @@ class Stats:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Stats:
+        """Read statistics written by :meth:`save`."""
         with open(path) as f:
             data = json.load(f)
         if data.get("version") != STATS_VERSION:

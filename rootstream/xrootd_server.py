@@ -20,6 +20,7 @@ START_TIMEOUT_S = 15.0
 
 
 def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -57,6 +58,7 @@ class XRootDServer:
         self.process: subprocess.Popen | None = None
 
     def url(self, name: str = "") -> str:
+        """The ``root://`` URL of a file of the served folder."""
         return f"root://127.0.0.1:{self.port}//{name}"
 
     def add(self, path: str | Path, name: str | None = None) -> str:
@@ -68,6 +70,7 @@ class XRootDServer:
         return self.url(str(target.relative_to(self.data)))
 
     def start(self) -> None:
+        """Start the server and wait until it accepts connections."""
         user = ["-R", "nobody"] if os.geteuid() == 0 else []
         command = [XROOTD, *user, "-c", str(self.config), "-p", str(self.port)]
         command += ["-n", "rootstream", "-l", str(self.run / "xrootd.log")]
@@ -87,5 +90,6 @@ class XRootDServer:
             self.process = None
 
     def log(self) -> str:
+        """The end of the server's log (for error messages)."""
         logs = sorted(self.run.rglob("xrootd.log*"))
         return logs[-1].read_text(errors="replace")[-3000:] if logs else "(no log)"
