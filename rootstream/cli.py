@@ -28,6 +28,12 @@ def _parser() -> argparse.ArgumentParser:
     stats.add_argument("--cut", help="selection expression")
     stats.add_argument("--step-size", default="100 MB", help="entries or memory per read")
     stats.add_argument("-o", "--output", required=True, help="JSON file to write")
+    stats.add_argument(
+        "--plot", metavar="DIR", help="also write a PNG histogram per feature, raw and normalized"
+    )
+    stats.add_argument(
+        "--plot-events", type=int, default=100_000, help="events drawn in the histograms"
+    )
     inspect = commands.add_parser(
         "inspect", help="list the trees and branches of a file: types, entries, jagged lengths"
     )
@@ -44,7 +50,11 @@ def _parser() -> argparse.ArgumentParser:
         "bench", help="run a benchmark script of a source checkout (benchmarks/NAME.py)"
     )
     bench.add_argument(
-        "name", nargs="?", default="loader", help="loader (default), remote, distributed or serve"
+        "name",
+        nargs="?",
+        default="loader",
+        help="loader (default), remote, distributed, serve, or report (all, then "
+        "docs/benchmarks.md)",
     )
     _add_train(commands)
     return parser
@@ -116,6 +126,15 @@ def _stats(args: argparse.Namespace) -> None:
             f"std {stats.std[branch]:.6g}, min {stats.min[branch]:.6g}, max {stats.max[branch]:.6g}"
         )
     print(f"wrote {args.output}")
+    if args.plot:
+        from rootstream.plots import plot_feature_histograms
+        from rootstream.reader import EventReader
+
+        reader = EventReader(
+            args.files, args.features, tree=args.tree, cut=args.cut, step_size=step
+        )
+        paths = plot_feature_histograms(reader, stats, args.plot, num_events=args.plot_events)
+        print(f"wrote {len(paths)} histograms to {args.plot}/")
 
 
 def _inspect(args: argparse.Namespace) -> None:

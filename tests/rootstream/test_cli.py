@@ -70,3 +70,29 @@ def test_serve_is_the_server_command(capsys):
 def test_bench_names_a_missing_benchmark(capsys):
     assert main(["bench", "no-such-benchmark"]) == 1
     assert "no-such-benchmark.py" in capsys.readouterr().err
+
+
+def test_stats_plot_writes_one_png_per_feature(hzz, tmp_path):
+    folder = tmp_path / "hists"
+    assert (
+        main(
+            [
+                "stats",
+                hzz,
+                "--tree",
+                "events",
+                "--features",
+                "MET_px",
+                "Jet_Px",
+                "NJet * 2",
+                "-o",
+                str(tmp_path / "s.json"),
+                "--plot",
+                str(folder),
+            ]
+        )
+        == 0
+    )
+    pngs = sorted(p.name for p in folder.iterdir())
+    assert pngs == ["Jet_Px.png", "MET_px.png", "NJet_2.png"]
+    assert all((folder / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
