@@ -164,7 +164,8 @@ def test_missing_remote_file_names_the_url(xrootd: XRootDServer) -> None:
 def test_workers_yield_every_remote_event_exactly_once(files: dict[str, list]) -> None:
     ds = dataset(files["remote"], normalize=None, shuffle=True, step_size=300)
     ds.set_epoch(1)
-    loader = DataLoader(ds, batch_size=None, num_workers=2)
+    # forked workers can hang in the XRootD client's fork handler: see docs/remote.md
+    loader = DataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context="spawn")
     events = torch.cat([batch["x"][:, 0] for batch in loader]).long().tolist()
     assert sorted(events) == list(range(NUM_EVENTS))  # none lost, none twice
 
