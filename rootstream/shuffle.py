@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from rootstream.sources import Chunk
+from rootstream.chunks import Chunk
 
 __all__ = ["Piece", "chunk_order", "event_order", "is_held_out", "shard_pieces", "split_windows"]
 

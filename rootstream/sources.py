@@ -22,7 +22,7 @@ import sys
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import awkward as ak
 import fsspec
@@ -32,6 +32,7 @@ import uproot
 import uproot.source.fsspec
 from fsspec.exceptions import FSTimeoutError
 
+from rootstream.chunks import Chunk
 from rootstream.errors import (
     BranchNotFoundError,
     InputFileNotFoundError,
@@ -76,18 +77,6 @@ class Source:
 
     def __str__(self) -> str:
         return f"{self.path}:{self.tree}"
-
-
-class Chunk(NamedTuple):
-    """Entries ``[start, stop)`` of ``sources[source]``."""
-
-    source: int
-    start: int
-    stop: int
-
-    @property
-    def num_entries(self) -> int:
-        return self.stop - self.start
 
 
 def split_tree(spec: str, default_tree: str) -> tuple[str, str]:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
+from rootstream.chunks import Chunk
 from rootstream.shuffle import (
     Piece,
     chunk_order,
@@ -13,7 +17,6 @@ from rootstream.shuffle import (
     shard_pieces,
     split_windows,
 )
-from rootstream.sources import Chunk
 
 
 def chunks_of(sizes):
@@ -131,3 +134,12 @@ def test_held_out_part_is_per_entry_and_near_the_requested_size():
     )
     assert not np.array_equal(held, is_held_out("uuid/tree", entries, test_size=0.2, seed=1))
     assert not np.array_equal(held, is_held_out("other/tree", entries, test_size=0.2, seed=0))
+
+
+def test_partitioning_imports_neither_torch_nor_uproot():
+    code = (
+        "import sys, rootstream.shuffle; "
+        "print(sorted({'torch', 'uproot', 'awkward'} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
