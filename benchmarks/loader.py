@@ -337,6 +337,15 @@ def rss_scaling(args: argparse.Namespace, results: dict[str, dict]) -> dict[str,
     }
 
 
+def write_results(name: str, report: dict[str, object], table: str) -> None:
+    """Print the table; write ``results/<name>.json`` (everything) and ``.md`` (the table)."""
+    print(f"\n{table}")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=1) + "\n")
+    (RESULTS / f"{name}.md").write_text(table + "\n")
+    print(f"\nwrote {RESULTS / name}.json and {RESULTS / name}.md")
+
+
 def run_header(path: Path, args: argparse.Namespace, **config: object) -> dict[str, object]:
     """When, where, on what and how a benchmark ran: the head of its JSON report."""
     return {
@@ -408,11 +417,7 @@ def main(argv: list[str] | None = None) -> None:
             f" events, {s['peak_rss_main_mb'][1]:,.0f} MB at {s['events'][1]:,} events"
             f" ({s['ratio']:.2f}x)"
         )
-    print(f"\n{table}")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "loader.json").write_text(json.dumps(report, indent=1) + "\n")
-    (RESULTS / "loader.md").write_text(table + "\n")
-    print(f"\nwrote {RESULTS / 'loader.json'} and {RESULTS / 'loader.md'}")
+    write_results("loader", report, table)
 
 
 if __name__ == "__main__":

@@ -34,13 +34,13 @@ from loader import (  # benchmarks/ is this script's folder, so on sys.path
     BATCH_SIZE,
     BRANCHES,
     MAX_LENGTH,
-    RESULTS,
     TREE,
     ensure_sample,
     ratios,
     run_header,
     stats_path_of,
     warm_page_cache,
+    write_results,
 )
 from torch.utils.data import DataLoader
 
@@ -182,12 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
-    table = markdown(report)
-    print(f"\n{table}")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "remote.json").write_text(json.dumps(report, indent=1) + "\n")
-    (RESULTS / "remote.md").write_text(table + "\n")
-    print(f"\nwrote {RESULTS / 'remote.json'} and {RESULTS / 'remote.md'}")
+    write_results("remote", report, markdown(report))
 
 
 if __name__ == "__main__":
