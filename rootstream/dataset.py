@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from rootstream.parallel import parallel_stats, rank_and_world_size
+from rootstream.parallel import parallel_stats
 from rootstream.prefetch import prefetch
 from rootstream.preprocess import (
     NORMALIZATIONS,
@@ -33,6 +33,7 @@ from rootstream.reader import (
 )
 from rootstream.shuffle import Piece, event_order, shard_pieces, split_windows
 from rootstream.stats import Stats
+from rootstream.world import rank_and_world_size
 
 __all__ = ["DEFAULT_LENGTH_QUANTILE", "RootIterableDataset"]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -11,19 +10,9 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from rootstream.reader import DEFAULT_RETRIES, DEFAULT_RETRY_WAIT, EventReader
 from rootstream.stats import Stats, chunk_partials, merge_partials, progress_bar
+from rootstream.world import is_distributed
 
-__all__ = ["compute_stats", "parallel_stats", "rank_and_world_size"]
-
-
-def rank_and_world_size() -> tuple[int, int]:
-    """The global rank and world size: torch.distributed's, else ``RANK``/``WORLD_SIZE``."""
-    if _distributed():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
-def _distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
+__all__ = ["compute_stats", "parallel_stats"]
 
 
 class _ChunkPartials(IterableDataset):
@@ -57,7 +46,7 @@ def parallel_stats(
     """
     rank, world = (
         (torch.distributed.get_rank(), torch.distributed.get_world_size())
-        if (_distributed())
+        if is_distributed()
         else (0, 1)
     )
     mine = list(range(rank, len(reader.chunks), world))
