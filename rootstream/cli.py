@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rootstream import __version__
+from rootstream.config import TOKEN_VARIABLE
 from rootstream.errors import RootStreamError
 
 
@@ -89,7 +90,7 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     train.add_argument("-o", "--output", help="output directory (default train-output)")
     train.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     train.add_argument("--upload", metavar="URL", help="upload the ONNX model to rootstream-serve")
-    train.add_argument("--token", help="the server's bearer token")
+    train.add_argument("--token", help=f"the server's bearer token (default ${TOKEN_VARIABLE})")
     train.add_argument("--name", help="the model's name on the server (default: output dir)")
     train.add_argument(
         "--stop-after", type=int, help="stop after this many steps, as if interrupted (tests)"

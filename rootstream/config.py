@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from rootstream.errors import ConfigError, close_matches
 
-__all__ = ["TASKS", "TrainConfig", "load_config"]
+__all__ = ["TASKS", "TOKEN_VARIABLE", "TrainConfig", "load_config"]
 
 TASKS = ("binary", "multiclass", "regression")
 NORMALIZATIONS = ("standard", "minmax", None)
+TOKEN_VARIABLE = "ROOTSTREAM_SERVE_TOKEN"  # the token when none is given (rootstream-serve's too)
+SECRETS = ("token",)  # kept out of checkpoints, reprs and error messages
 
 
 @dataclass(frozen=True)
@@ -47,12 +49,17 @@ class TrainConfig:
     checkpoint_every: int = 100
     output: str = "train-output"
     upload: str | None = None
-    token: str | None = None
+    token: str | None = field(default=None, repr=False)
     name: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The config as plain data (what checkpoints and metrics.json record)."""
-        return asdict(self)
+        """The config as plain data without the token (what checkpoints record)."""
+        return {k: v for k, v in asdict(self).items() if k not in SECRETS}
+
+    @property
+    def upload_token(self) -> str | None:
+        """The bearer token of the upload: ``token``, else ``$ROOTSTREAM_SERVE_TOKEN``."""
+        return self.token or os.environ.get(TOKEN_VARIABLE) or None
 
     @property
     def model_path(self) -> Path:
@@ -140,7 +147,7 @@ RULES: dict[str, tuple[Check, str]] = {
     "checkpoint_every": (lambda v: _is_int(v) and v > 0, "a positive int (steps)"),
     "output": (_is_str, "a directory"),
     "upload": (_optional(_is_str), "the URL of a rootstream-serve server"),
-    "token": (_optional(_is_str), "the server's bearer token"),
+    "token": (_optional(_is_str), f"the server's bearer token (default ${TOKEN_VARIABLE})"),
     "name": (_optional(_is_str), "the model's name on the server"),
 }
 REQUIRED = ("files", "model")
@@ -176,7 +183,8 @@ def check_config(values: Mapping[str, Any], *, source: str = "the config") -> Tr
     for key, value in values.items():
         check, expected = RULES[key]
         if not check(value):
-            raise ConfigError(f"{source}: key {key!r} must be {expected}, not {value!r}")
+            shown = f"a {type(value).__name__}" if key in SECRETS else repr(value)
+            raise ConfigError(f"{source}: key {key!r} must be {expected}, not {shown}")
     if values.get("features") is None and values.get("groups") is None:
         raise ConfigError(f"{source}: give 'features' (a list of branches) or 'groups'")
     if isinstance(values["files"], Mapping) and values.get("label") is not None:

@@ -3,37 +3,49 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from multiprocessing.context import BaseContext
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from rootstream.reader import DEFAULT_RETRIES, DEFAULT_RETRY_WAIT, EventReader
-from rootstream.stats import Stats, chunk_partials, merge_partials, progress_bar
+from rootstream.stats import (
+    ChunkStats,
+    Stats,
+    chunk_partials,
+    collect_partials,
+    iter_chunk_stats,
+    merge_partials,
+    progress_bar,
+)
 from rootstream.world import is_distributed
 
 __all__ = ["compute_stats", "parallel_stats"]
 
 
-class _ChunkPartials(IterableDataset):
-    """Yields ``(chunk index, partial Stats, skipped records)``: one chunk each, per worker."""
+class _ChunkStats(IterableDataset):
+    """Yields a :class:`ChunkStats` per chunk of this worker's share (one open per file)."""
 
     def __init__(self, reader: EventReader, indices: Sequence[int], skip: bool) -> None:
         self.reader, self.indices, self.skip = reader, list(indices), skip
 
-    def __iter__(self) -> Iterator[tuple[int, Stats, list]]:
+    def __iter__(self) -> Iterator[ChunkStats]:
         info = get_worker_info()
         mine = self.indices[info.id :: info.num_workers] if info else self.indices
-        for index in mine:
-            skipped: list[dict[str, Any]] = []
-            partials = chunk_partials(self.reader, [index], skipped=skipped if self.skip else None)
-            yield (index, partials[0][1] if partials else None, skipped)
+        return iter_chunk_stats(self.reader, mine, skip=self.skip)
+
+
+def _as_is(item: ChunkStats) -> ChunkStats:
+    """The DataLoader's collate_fn: a module-level function, so spawned workers can pickle it."""
+    return item
 
 
 def parallel_stats(
     reader: EventReader,
     *,
     num_workers: int = 0,
+    multiprocessing_context: str | BaseContext | None = None,
     progress: bool | None = None,
     skipped: list[dict[str, Any]] | None = None,
 ) -> Stats:
@@ -42,7 +54,17 @@ def parallel_stats(
     When torch.distributed is initialized, each rank reads every ``world_size``-th chunk
     (call this on every rank: it ends in an all-gather) and all ranks merge the same
     partial results in the same order, so they get identical statistics. Within a rank,
-    ``num_workers`` DataLoader workers share the rank's chunks.
+    ``num_workers`` DataLoader workers share the rank's chunks; each opens a file once for
+    all of its chunks of that file.
+
+    Args:
+        reader: the events to describe.
+        num_workers, multiprocessing_context, progress: as for :func:`compute_stats`.
+        skipped: a list to record unreadable chunks in (and leave them out) instead of
+            raising :class:`~rootstream.errors.ChunkReadError`.
+
+    Returns:
+        The merged statistics, bound to the reader's fingerprint.
     """
     rank, world = (
         (torch.distributed.get_rank(), torch.distributed.get_world_size())
@@ -55,36 +77,19 @@ def parallel_stats(
         if num_workers == 0:
             partials = chunk_partials(reader, mine, skipped=skipped, bar=bar)
         else:
-            partials = _partials_from_workers(reader, mine, num_workers, skipped, bar)
+            loader = DataLoader(
+                _ChunkStats(reader, mine, skipped is not None),
+                batch_size=None,
+                num_workers=num_workers,
+                collate_fn=_as_is,
+                multiprocessing_context=multiprocessing_context,
+            )
+            partials = collect_partials(loader, reader, skipped=skipped, bar=bar)
     if world > 1:
         gathered: list[Any] = [None] * world
         torch.distributed.all_gather_object(gathered, partials)
         partials = [p for rank_partials in gathered for p in rank_partials]
     return merge_partials(reader, partials)
-
-
-def _partials_from_workers(
-    reader: EventReader,
-    indices: Sequence[int],
-    num_workers: int,
-    skipped: list[dict[str, Any]] | None,
-    bar: Any,
-) -> list[tuple[int, Stats]]:
-    loader = DataLoader(
-        _ChunkPartials(reader, indices, skipped is not None),
-        batch_size=None,
-        num_workers=num_workers,
-        collate_fn=lambda item: item,
-    )
-    partials = []
-    for index, partial, records in loader:
-        if partial is not None:
-            partials.append((index, partial))
-        for record in records:
-            if skipped is not None and record not in skipped:
-                skipped.append(record)
-        bar.update(reader.chunks[index].num_entries)
-    return partials
 
 
 def compute_stats(
@@ -96,6 +101,7 @@ def compute_stats(
     step_size: int | str = "100 MB",
     nonfinite: str | float = "raise",
     num_workers: int = 0,
+    multiprocessing_context: str | BaseContext | None = None,
     progress: bool | None = None,
     retries: int = DEFAULT_RETRIES,
     retry_wait: float = DEFAULT_RETRY_WAIT,
@@ -104,8 +110,20 @@ def compute_stats(
 
     Arguments mean what they mean for :class:`rootstream.RootIterableDataset`.
     ``num_workers`` processes share the pass (and, under torch.distributed, all ranks:
-    call it on every rank). ``progress=None`` shows a progress bar only on a terminal.
-    The result equals a single-process pass to floating-point rounding.
+    call it on every rank). The result equals a single-process pass to floating-point
+    rounding.
+
+    Args:
+        num_workers: DataLoader worker processes (0: read in this process); each opens a
+            file once for all of its chunks of that file.
+        multiprocessing_context: how workers start, as the DataLoader's argument of that
+            name (``"spawn"``, ``"forkserver"``, ``"fork"`` or a context; None: its default).
+            Use ``"spawn"`` over ``root://`` (see docs/remote.md). Used only with
+            ``num_workers > 0``.
+        progress: show a progress bar (None: only on a terminal).
+
+    Returns:
+        The statistics, bound to the data's fingerprint (see :class:`~rootstream.Stats`).
     """
     reader = EventReader(
         files,
@@ -117,4 +135,9 @@ def compute_stats(
         retries=retries,
         retry_wait=retry_wait,
     )
-    return parallel_stats(reader, num_workers=num_workers, progress=progress)
+    return parallel_stats(
+        reader,
+        num_workers=num_workers,
+        multiprocessing_context=multiprocessing_context,
+        progress=progress,
+    )

@@ -38,7 +38,8 @@ from rootstream.preprocess import Spec
 
 __all__ = ["build_model", "input_shapes", "train"]
 
-CHECKPOINT_KEYS_FREE = ("epochs", "upload", "token", "name", "output", "checkpoint_every")
+# may change on resume; the token is never in a checkpoint (TrainConfig.to_dict leaves it out)
+CHECKPOINT_KEYS_FREE = ("epochs", "upload", "name", "output", "checkpoint_every")
 
 
 @dataclass
@@ -440,7 +441,7 @@ class _Run:
             from rootstream.client import Client
 
             name = self.config.name or Path(self.config.output).resolve().name
-            with Client(self.config.upload, token=self.config.token) as client:
+            with Client(self.config.upload, token=self.config.upload_token) as client:
                 metrics["upload"] = {"url": self.config.upload, **client.upload(name, onnx_path)}
         (self.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         print(f"best epoch {p.best_epoch}: val {self.metric_name} {p.best:.4f}; wrote {onnx_path}")

@@ -24,6 +24,7 @@ from tests.serving.conftest import running_server
 
 MODEL = str(Path(__file__).parents[2] / "examples" / "model.py") + ":build"
 NUM_EVENTS = 1500  # per class
+TOKEN = "s3cret-token-of-the-test-server"
 
 
 def write_config(path: Path, **values) -> Path:
@@ -33,6 +34,11 @@ def write_config(path: Path, **values) -> Path:
 
 def run_train(*args: str) -> None:
     assert main(["train", *args]) == 0
+
+
+def files_holding(folder: Path, secret: str) -> list[Path]:
+    """The files below ``folder`` whose bytes hold ``secret`` (checkpoints store it as is)."""
+    return [p for p in folder.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
 
 
 @pytest.fixture(scope="module")
@@ -283,15 +289,15 @@ def test_relative_paths_of_a_config_file_are_relative_to_it(tmp_path):
 
 # ----------------------------------------------------------------- upload
 def test_upload_to_a_running_server(samples, tmp_path, capsys):
-    with running_server(tmp_path / "models", tmp_path / "server.log", "--token", "s3cret") as s:
+    with running_server(tmp_path / "models", tmp_path / "server.log", "--token", TOKEN) as s:
         config = write_config(
             tmp_path / "c.yaml", **binary_values(samples, tmp_path / "out", epochs=1)
         )
-        run_train(str(config), "--upload", s.url, "--token", "s3cret", "--name", "higgs")
+        run_train(str(config), "--upload", s.url, "--token", TOKEN, "--name", "higgs")
         assert f"uploaded to {s.url} as 'higgs' version 1" in capsys.readouterr().out
         metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
         assert metrics["upload"] == {"url": s.url, "model": "higgs", "version": 1}
-        client = Client(s.url, token="s3cret")
+        client = Client(s.url, token=TOKEN)
         assert [m["name"] for m in client.list()] == ["higgs"]
         features = ["MET_pt", "HT", "nPV", "Jet_pt", "Jet_eta", "Muon_pt"]
         scores = {}
@@ -301,6 +307,38 @@ def test_upload_to_a_running_server(samples, tmp_path, capsys):
             scores[label] = np.asarray(client.predict("higgs", events=events))
             assert scores[label].shape == (200,)
         assert scores[1].mean() > scores[0].mean()  # signal scores higher than background
+    assert (tmp_path / "out" / "checkpoint-rank0.pt").is_file()
+    assert files_holding(tmp_path / "out", TOKEN) == []
+
+
+def test_token_from_the_environment_uploads_and_a_resume_does_not_need_it(
+    samples, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.delenv("ROOTSTREAM_SERVE_TOKEN", raising=False)
+    with running_server(tmp_path / "models", tmp_path / "server.log", "--token", TOKEN) as s:
+        config = write_config(
+            tmp_path / "c.yaml", **binary_values(samples, tmp_path / "out", epochs=1)
+        )
+        run_train(str(config), "--upload", s.url, "--token", TOKEN, "--stop-after", "3")
+        state = torch.load(tmp_path / "out" / "checkpoint-rank0.pt", weights_only=False)
+        assert state["progress"]["step"] == 3
+        assert "token" not in state["config"]
+        monkeypatch.setenv("ROOTSTREAM_SERVE_TOKEN", TOKEN)
+        run_train(str(config), "--resume", "--upload", s.url, "--name", "higgs")  # no --token
+        assert f"uploaded to {s.url} as 'higgs' version 1" in capsys.readouterr().out
+        assert [m["name"] for m in Client(s.url, token=TOKEN).list()] == ["higgs"]
+    assert files_holding(tmp_path / "out", TOKEN) == []
+
+
+def test_the_token_stays_out_of_the_config_record_repr_and_errors():
+    values = {"files": {"a.root": 0}, "features": ["x"], "model": "m.py"}
+    config = check_config({**values, "token": TOKEN})
+    assert config.token == TOKEN
+    assert TOKEN not in repr(config)
+    assert "token" not in config.to_dict()
+    with pytest.raises(ConfigError, match="key 'token' must be") as info:
+        check_config({**values, "token": 1234567})  # YAML reads an unquoted number as an int
+    assert "1234567" not in str(info.value)
 
 
 # ----------------------------------------------------------------- torchrun
