@@ -1,10 +1,15 @@
-"""The unit of reading: a range of entries of one source (no uproot, so pure code can use it)."""
+"""The unit of reading, a range of entries of one source, and the selection within chunks.
+
+No uproot here, so that pure code can use it."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
-__all__ = ["Chunk"]
+import numpy as np
+
+__all__ = ["GRID", "Chunk", "SelectionIndex"]
 
 
 class Chunk(NamedTuple):
@@ -18,3 +23,48 @@ class Chunk(NamedTuple):
     def num_entries(self) -> int:
         """Entries in the chunk."""
         return self.stop - self.start
+
+
+GRID = 1024  # entries between the points where a selection records its running count
+
+
+class SelectionIndex:
+    """How many events of each chunk are selected (cut and split part), and where.
+
+    For each chunk it keeps the number of selected events before every ``GRID``-th entry
+    (and before its end), so that the selected events ``[first, stop)`` of a chunk can be
+    read without reading the whole chunk: at most ``GRID`` entries more on each side.
+    ``cumulative`` None means that every entry is selected.
+    """
+
+    def __init__(self, chunks: Sequence[Chunk], cumulative: Sequence[np.ndarray] | None) -> None:
+        self.chunks = list(chunks)
+        self._cumulative = None if cumulative is None else list(cumulative)
+        if self._cumulative is None:
+            self.counts = np.array([c.num_entries for c in self.chunks], dtype=np.int64)
+        else:
+            self.counts = np.array([int(c[-1]) for c in self._cumulative], dtype=np.int64)
+
+    @staticmethod
+    def running_count(selected: np.ndarray) -> np.ndarray:
+        """The grid points of one chunk's selection mask (int64, ``ceil(n / GRID) + 1``)."""
+        running = np.zeros(len(selected) + 1, dtype=np.int64)
+        np.cumsum(selected, out=running[1:])
+        return running[np.r_[0 : len(selected) : GRID, len(selected)]]
+
+    def entries(self, index: int, first: int, stop: int) -> tuple[Chunk, int, int]:
+        """The entries to read for selected events ``[first, stop)`` of chunk ``index``.
+
+        Returns:
+            The entry range as a chunk, and where the wanted events lie among its
+            selected events (``[first', stop')``).
+        """
+        chunk = self.chunks[index]
+        if self._cumulative is None:
+            return Chunk(chunk.source, chunk.start + first, chunk.start + stop), 0, stop - first
+        running = self._cumulative[index]
+        low = int(np.searchsorted(running, first, side="right")) - 1
+        high = int(np.searchsorted(running, stop, side="left"))
+        entry_stop = min(chunk.start + high * GRID, chunk.stop)
+        skip = int(running[low])
+        return Chunk(chunk.source, chunk.start + low * GRID, entry_stop), first - skip, stop - skip

@@ -7,54 +7,22 @@ import fnmatch
 import os
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
-import numpy as np
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset
 
 from rootstream.parallel import parallel_stats
-from rootstream.prefetch import prefetch
-from rootstream.preprocess import (
-    NORMALIZATIONS,
-    FeatureSpec,
-    Jagged,
-    Spec,
-    assemble,
-    normalization,
-)
-from rootstream.reader import (
-    DEFAULT_RETRIES,
-    DEFAULT_RETRY_WAIT,
-    Block,
-    EventReader,
-    Split,
-    TreeCache,
-)
-from rootstream.shuffle import Piece, event_order, shard_pieces, split_windows
+from rootstream.preprocess import NORMALIZATIONS, FeatureSpec, Spec, normalization
+from rootstream.reader import DEFAULT_RETRIES, DEFAULT_RETRY_WAIT, EventReader, Split
 from rootstream.stats import Stats
-from rootstream.world import rank_and_world_size
+from rootstream.stream import EpochStream, StreamOptions, fresh_position
+from rootstream.world import rank_and_world_size, shard_of_this_process
 
 __all__ = ["DEFAULT_LENGTH_QUANTILE", "RootIterableDataset"]
 
 DEFAULT_LENGTH_QUANTILE = 0.95
-STATE_VERSION = 1
-Arrays = dict[str, np.ndarray]
-
-
-class Shard(NamedTuple):
-    """This process's part of an epoch: a DataLoader worker of a torch.distributed rank."""
-
-    index: int
-    count: int
-    world_size: int
-
-
-def shard_of_this_process() -> Shard:
-    info = get_worker_info()
-    worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
-    rank, world = rank_and_world_size()
-    return Shard(rank * num_workers + worker, world * num_workers, world)
+STATE_VERSION = 2
 
 
 def configured_length(feature: str, max_length: int | Mapping[str, int] | None) -> int | None:
@@ -127,13 +95,16 @@ class RootIterableDataset(IterableDataset):
         on_error: ``"raise"`` or ``"skip"`` unreadable chunks (listed in ``skipped``).
         groups: ``{group: [features]}``: one output tensor per group instead of ``"x"``.
         drop_last: in batch mode, drop the last incomplete batch of each worker.
-        shuffle_chunks: how many chunks are read and mixed together when shuffling.
+        shuffle_chunks: the size of a shuffle window, in chunks' worth of events: each
+            worker holds one window at a time, drawn from many chunks at once (see
+            docs/dataset.md, "Chunks, shuffling and epochs").
         nonfinite: ``"raise"`` on NaN/inf in features, labels or weights, or a number
             that replaces them.
         task: ``"binary"``, ``"multiclass"`` or ``"regression"``; inferred when None.
         even_batches: give every worker of every rank exactly the same number of events,
-            leaving out the last ``total % (ranks x workers)`` events of each epoch's order, so
-            that every rank runs the same number of steps. None: on when the world size > 1.
+            leaving out ``total % (ranks x workers)`` events of each epoch (other ones each
+            epoch), so that every rank runs the same number of steps. None: on when the
+            world size > 1. Refused with ``on_error="skip"``, which could unbalance ranks.
         retries: how many times a transient failure (connection refused or reset, timeout,
             server restart) is retried: the file is reopened and the same chunk read again.
         retry_wait: seconds before the first retry, doubled before each next one.
@@ -192,13 +163,15 @@ class RootIterableDataset(IterableDataset):
         self.batch_size, self.drop_last = batch_size, drop_last
         self.shuffle, self.seed, self.shuffle_chunks = shuffle, seed, shuffle_chunks
         self.on_error = on_error
-        self.epoch = 0
         self.skipped: list[dict[str, Any]] = []
         self.even_batches = even_batches
+        self._rank, self._world_size = rank_and_world_size()
+        self._refuse_skip_with_even_batches()
+        self._epoch = _shared_epoch()
         self._stats = self._given_stats(stats)
         self._spec = self._build_spec()
-        self._counts = self._count_if_reading_needed()
-        self._position = self._fresh_position(0, 1)
+        self._selection = self._reader.selection_index(skipped=self._skip_list)
+        self._stream: EpochStream | None = None
         self._resume: dict[str, Any] | None = None
 
     # ----------------------------------------------------------------- description
@@ -269,14 +242,26 @@ class RootIterableDataset(IterableDataset):
         )
 
     # ----------------------------------------------------------------- epochs, state, split
+    @property
+    def epoch(self) -> int:
+        """The epoch ``set_epoch`` selected, as every DataLoader worker sees it."""
+        return int(self._epoch)
+
     def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose order ``shuffle=True`` follows; restarts the stream."""
-        self.epoch = int(epoch)
+        """Select the epoch whose order ``shuffle=True`` follows; restarts the stream.
+
+        The epoch lives in shared memory, so DataLoader workers started earlier (with
+        ``persistent_workers=True``) follow it too: call it before ``iter(loader)``.
+        """
+        self._epoch.fill_(int(epoch))
         self._resume = None
 
     def state_dict(self) -> dict[str, Any]:
-        """The position in the current epoch of this process's stream (see docs/dataset.md)."""
-        return {"version": STATE_VERSION, "seed": self.seed, **copy.deepcopy(self._position)}
+        """The position of this process's latest stream in its epoch (see docs/dataset.md)."""
+        position = (
+            self._stream.position if self._stream is not None else fresh_position(0, 1, self.epoch)
+        )
+        return {"version": STATE_VERSION, "seed": self.seed, **copy.deepcopy(position)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Resume: the next iteration yields exactly the rest of the saved stream."""
@@ -284,7 +269,7 @@ class RootIterableDataset(IterableDataset):
             raise ValueError(f"not a RootIterableDataset state (version {state.get('version')!r})")
         if state["seed"] != self.seed:
             raise ValueError(f"the state was saved with seed {state['seed']}, not {self.seed}")
-        self.epoch = state["epoch"]
+        self._epoch.fill_(int(state["epoch"]))
         self._resume = {
             k: copy.deepcopy(v) for k, v in state.items() if k not in ("version", "seed")
         }
@@ -296,7 +281,9 @@ class RootIterableDataset(IterableDataset):
 
         Each event's part is decided by a hash of (file, tree, entry, seed): it does not
         change with epochs, workers or shuffling. Both parts keep this dataset's
-        statistics and preprocessing, so they are normalized and padded alike.
+        statistics and preprocessing, so they are normalized and padded alike. The test
+        part is neither shuffled nor evened out (every one of its events is yielded once);
+        set its ``shuffle`` or ``even_batches`` to ask otherwise.
         """
         if not 0 < test_size < 1:
             raise ValueError(f"test_size must be between 0 and 1, not {test_size}")
@@ -309,29 +296,59 @@ class RootIterableDataset(IterableDataset):
         part = copy.copy(self)
         part._reader = copy.copy(self._reader)
         part._reader.split = split
-        part._resume, part.skipped = None, []
-        part._counts = part._count_if_reading_needed()
+        part._resume, part._stream, part.skipped = None, None, []
+        part._epoch = _shared_epoch(self.epoch)
+        if split.part == "test":
+            part.shuffle, part.even_batches = False, False
+        part._selection = part._reader.selection_index(skipped=part._skip_list)
         return part
 
-    def _count_if_reading_needed(self) -> list[int] | None:
-        """Count the selected events now, in this process, if that means reading a cut."""
-        return self._reader.selected_counts(skipped=self._skip_list) if self._reader.cut else None
+    def _refuse_skip_with_even_batches(self) -> None:
+        if self.on_error == "skip" and self._even:
+            raise ValueError(
+                "on_error='skip' cannot keep ranks in step: a chunk that fails on one rank "
+                "would leave it with fewer batches than the others, and DDP would wait for "
+                "them forever. Use on_error='raise', or even_batches=False and wrap the "
+                "training loop in DDP's join() context (model.join()), which handles ranks "
+                "with uneven inputs"
+            )
 
     # ----------------------------------------------------------------- iteration
-    @staticmethod
-    def _fresh_position(shard: int, num_shards: int, epoch: int = 0) -> dict[str, Any]:
-        return {
-            "epoch": epoch,
-            "shard": shard,
-            "num_shards": num_shards,
-            "consumed": 0,
-            "window_sizes": [],
-        }
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        shard = shard_of_this_process(self._rank, self._world_size)
+        self._stream = EpochStream(
+            self._reader,
+            self.spec,
+            self._selection,
+            self._stream_options(),
+            shard,
+            self._start_position(shard.index, shard.count),
+            self._skip_list,
+        )
+        return self._reporting(iter(self._stream))
+
+    def _reporting(self, items: Iterator[dict[str, torch.Tensor]]) -> Iterator[dict]:
+        yield from items
+        self._report_skipped()
+
+    def _stream_options(self) -> StreamOptions:
+        return StreamOptions(
+            batch_size=self.batch_size,
+            drop_last=self.drop_last,
+            shuffle=self.shuffle,
+            seed=self.seed,
+            shuffle_chunks=self.shuffle_chunks,
+            even=self._even,
+        )
+
+    @property
+    def _even(self) -> bool:
+        return self.even_batches if self.even_batches is not None else self._world_size > 1
 
     def _start_position(self, shard: int, num_shards: int) -> dict[str, Any]:
         resume, self._resume = self._resume, None
         if resume is None:
-            return self._fresh_position(shard, num_shards, self.epoch)
+            return fresh_position(shard, num_shards, self.epoch)
         if (resume["shard"], resume["num_shards"]) != (shard, num_shards):
             raise ValueError(
                 f"the state belongs to shard {resume['shard']} of {resume['num_shards']}, but this "
@@ -340,123 +357,9 @@ class RootIterableDataset(IterableDataset):
             )
         return resume
 
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        spec = self.spec
-        shard = shard_of_this_process()
-        self._position = self._start_position(shard.index, shard.count)
-        even = self.even_batches if self.even_batches is not None else shard.world_size > 1
-        pieces = shard_pieces(
-            self._reader.chunks,
-            self._selected_counts() if shard.count > 1 or even else None,
-            shard.index,
-            shard.count,
-            shuffle=self.shuffle,
-            seed=self.seed,
-            epoch=self.epoch,
-            even=even,
-        )
-        windows = split_windows(pieces, self.shuffle_chunks if self.shuffle else 1)
-        stream = self._windows(spec, windows, shard.index)
-        if self.batch_size is None:
-            yield from self._events(stream)
-        else:
-            yield from self._batches(stream, self.batch_size)
-        self._report_skipped()
-
-    def _windows(
-        self, spec: Spec, windows: list[list[Piece]], shard: int
-    ) -> Iterator[tuple[Arrays, np.ndarray]]:
-        """Yield each window's arrays and the order of its events not yet consumed.
-
-        Windows wholly consumed before a resume are not read again; the next window is read
-        in a background thread while this one is preprocessed.
-        """
-        sizes, consumed = self._position["window_sizes"], self._position["consumed"]
-        first, done = 0, 0
-        while first < len(sizes) and done + sizes[first] <= consumed:
-            done += sizes[first]
-            first += 1
-        blocks = prefetch(self._read_blocks(windows[first:]))
-        for index, window_blocks in enumerate(blocks, start=first):
-            arrays = self._assemble(spec, window_blocks)
-            n = len(next(iter(arrays.values())))
-            if index == len(sizes):
-                sizes.append(n)
-            order = event_order(
-                n, shuffle=self.shuffle, seed=self.seed, epoch=self.epoch, shard=shard, window=index
-            )
-            order = np.arange(n) if order is None else order
-            yield arrays, order[max(0, consumed - done) :]
-            done += n
-
-    def _read_blocks(self, windows: list[list[Piece]]) -> Iterator[list[Block]]:
-        """Read the selected events of each window's pieces, skipping unreadable ones if asked."""
-        with TreeCache(self._reader.sources) as trees:
-            for window in windows:
-                yield [
-                    block.rows(piece.first, piece.stop)
-                    for piece in window
-                    if (block := self._reader.read(piece.chunk, trees, skipped=self._skip_list))
-                    is not None
-                ]
-
-    def _selected_counts(self) -> list[int]:
-        """Selected events per chunk: counted at construction when a cut needs reading."""
-        if self._counts is None:
-            self._counts = self._reader.selected_counts(skipped=self._skip_list)
-        return self._counts
-
     @property
     def _skip_list(self) -> list[dict[str, Any]] | None:
         return self.skipped if self.on_error == "skip" else None
-
-    def _assemble(self, spec: Spec, blocks: list[Block]) -> Arrays:
-        """Model inputs, labels and weights of a window's blocks, concatenated."""
-        parts = []
-        for block in blocks:
-            arrays = assemble(spec, block.columns)
-            if block.y is not None:
-                arrays["y"] = block.y
-            if block.w is not None:
-                arrays["w"] = block.w
-            parts.append(arrays)
-        if not parts:
-            return _empty_arrays(spec, self._reader)
-        if len(parts) == 1:
-            return parts[0]
-        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-
-    def _events(self, stream: Iterator[tuple[Arrays, np.ndarray]]) -> Iterator[dict]:
-        for arrays, order in stream:
-            tensors = {k: torch.from_numpy(v) for k, v in arrays.items()}
-            for i in order.tolist():
-                self._position["consumed"] += 1
-                yield {k: t[i] for k, t in tensors.items()}
-
-    def _batches(self, stream: Iterator[tuple[Arrays, np.ndarray]], size: int) -> Iterator[dict]:
-        pending: list[Arrays] = []
-        num_pending = 0
-        for arrays, order in stream:
-            start = 0
-            while start < len(order):
-                take = min(size - num_pending, len(order) - start)
-                pending.append(_take(arrays, order[start : start + take], not self.shuffle))
-                num_pending += take
-                start += take
-                if num_pending == size:
-                    yield self._emit(pending, num_pending)
-                    pending, num_pending = [], 0
-        if pending and not self.drop_last:
-            yield self._emit(pending, num_pending)
-
-    def _emit(self, pending: list[Arrays], n: int) -> dict[str, torch.Tensor]:
-        self._position["consumed"] += n
-        batch = (
-            pending[0]
-            if len(pending) == 1
-            else {k: np.concatenate([p[k] for p in pending]) for k in pending[0]}
-        )
-        return {k: torch.from_numpy(v) for k, v in batch.items()}
 
     def _report_skipped(self) -> None:
         if self.skipped:
@@ -472,25 +375,9 @@ class RootIterableDataset(IterableDataset):
             )
 
 
-def _take(arrays: Arrays, index: np.ndarray, contiguous: bool) -> Arrays:
-    """Rows ``index`` of every array; a contiguous run is sliced without copying."""
-    if contiguous and len(index):
-        rows = slice(int(index[0]), int(index[-1]) + 1)
-        return {k: v[rows] for k, v in arrays.items()}
-    return {k: v[index] for k, v in arrays.items()}
-
-
-def _empty_arrays(spec: Spec, reader: EventReader) -> Arrays:
-    empty = {
-        f: Jagged(np.zeros(1, np.int64), np.zeros(0)) if reader.jagged[f] else np.zeros(0)
-        for f in reader.features
-    }
-    arrays = assemble(spec, empty)
-    if reader.task is not None:
-        arrays["y"] = np.zeros(0, np.int64 if reader.task == "multiclass" else np.float32)
-    if reader.weight is not None:
-        arrays["w"] = np.zeros(0, np.float32)
-    return arrays
+def _shared_epoch(epoch: int = 0) -> torch.Tensor:
+    """An epoch number in shared memory, made before DataLoader workers start."""
+    return torch.full((), epoch, dtype=torch.int64).share_memory_()
 
 
 def _features_of(

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import numpy as np
 from tqdm import tqdm
 
+from rootstream.chunks import SelectionIndex
 from rootstream.errors import (
     ChunkReadError,
     NonFiniteValueError,
@@ -260,14 +261,17 @@ class EventReader:
             w=None if self.weight is None else columns[self.weight].astype(np.float32),
         )
 
-    def selected_counts(
+    def selection_index(
         self, *, skipped: list[dict[str, Any]] | None = None, progress: bool | None = None
-    ) -> list[int]:
-        """The number of selected events (cut and split part) of every chunk, in plan order.
+    ) -> SelectionIndex:
+        """Which events of every chunk are selected (cut and split part): counts and where.
 
-        Without a cut this reads nothing; with one, it reads only the cut's branches.
+        Without a cut or a split this reads and computes nothing; with a split only, it
+        hashes entry numbers; with a cut, it reads only the cut's branches.
         """
-        counts = []
+        if not self.cut and self.split is None:
+            return SelectionIndex(self.chunks, None)
+        running = []
         with (
             TreeCache(self.sources) as trees,
             tqdm(
@@ -282,12 +286,12 @@ class EventReader:
                 entries = np.arange(chunk.start, chunk.stop)
                 columns = self._read_columns(chunk, trees, [self.cut], skipped) if self.cut else {}
                 if columns is None:
-                    counts.append(0)
+                    keep = np.zeros(len(entries), dtype=bool)
                 else:
                     keep = self._selection(chunk.source, columns, entries)
-                    counts.append(len(entries) if keep is None else int(keep.sum()))
+                running.append(SelectionIndex.running_count(keep))
                 bar.update(chunk.num_entries)
-        return counts
+        return SelectionIndex(self.chunks, running)
 
     def _read_columns(
         self,

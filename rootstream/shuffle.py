@@ -1,20 +1,40 @@
-"""Pure functions that order and partition chunks and events, seeded by (seed, epoch).
+"""Pure functions that order and partition an epoch's events, seeded by (seed, epoch).
 
-Nothing here reads files: the invariants (a permutation; every chunk exactly once
-across shards) are testable on integer lists alone.
+Nothing here reads files: the invariants (a permutation; every event exactly once across
+shards; every window drawn from a whole group of chunks) are testable on integer arrays.
+
+An epoch is planned in three steps (:func:`shard_windows`):
+
+1. the chunks are put in a (seed, epoch) order and cut into *groups* of consecutive chunks;
+2. every chunk's selected events are cut into one part per shard (a DataLoader worker of a
+   rank), of equal size to within one event, the larger parts rotating over the shards so
+   that shard totals also differ by at most one event;
+3. each shard reads a group through *windows*: window ``t`` of ``w`` takes the ``t``-th of
+   ``w`` consecutive slices of the shard's part of every chunk of the group, so every window
+   holds the group's chunks in the group's proportions, and a chunk is read front to back.
+
+A window's events are then yielded in a (seed, epoch, shard, window) order
+(:func:`event_order`). With all chunks in one group, every window of every shard mixes the
+whole epoch in its global proportions: batches are mixed like a global shuffle even when
+each file holds one class.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
 
-from rootstream.chunks import Chunk
-
-__all__ = ["Piece", "chunk_order", "event_order", "is_held_out", "shard_pieces", "split_windows"]
+__all__ = [
+    "Piece",
+    "chunk_order",
+    "event_order",
+    "group_size",
+    "is_held_out",
+    "shard_parts",
+    "shard_windows",
+]
 
 
 def rng(seed: int, epoch: int, *stream: int) -> np.random.Generator:
@@ -23,11 +43,11 @@ def rng(seed: int, epoch: int, *stream: int) -> np.random.Generator:
 
 
 class Piece(NamedTuple):
-    """The selected events ``[first, stop)`` of a chunk; ``stop`` None means to its end."""
+    """The selected events ``[first, stop)`` of chunk ``chunk`` (an index into the plan)."""
 
-    chunk: Chunk
-    first: int = 0
-    stop: int | None = None
+    chunk: int
+    first: int
+    stop: int
 
 
 def chunk_order(num_chunks: int, *, shuffle: bool, seed: int, epoch: int) -> np.ndarray:
@@ -35,50 +55,96 @@ def chunk_order(num_chunks: int, *, shuffle: bool, seed: int, epoch: int) -> np.
     return rng(seed, epoch).permutation(num_chunks) if shuffle else np.arange(num_chunks)
 
 
-def shard_pieces(
-    chunks: Sequence[Chunk],
-    counts: Sequence[int] | None,
+def group_size(window: int, min_piece: int, num_chunks: int) -> int:
+    """How many chunks a window can draw from when no piece may be under ``min_piece`` events."""
+    return int(np.clip(window // max(1, min_piece), 1, max(1, num_chunks)))
+
+
+def shard_parts(counts: np.ndarray, num_shards: int) -> np.ndarray:
+    """Where each chunk's selected events are cut into one part per shard.
+
+    Returns:
+        int64 ``[num_chunks, num_shards + 1]``: shard k takes events ``[b[i, k], b[i, k+1])``
+        of chunk i. Parts differ by at most one event; the chunks' remainders go to the
+        shards in turn, so that shard totals differ by at most one event as well.
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    base, extra = np.divmod(counts, num_shards)
+    first_extra = (np.cumsum(extra) - extra) % num_shards
+    shards = np.arange(num_shards)
+    gets_extra = (shards[None, :] - first_extra[:, None]) % num_shards < extra[:, None]
+    bounds = np.zeros((len(counts), num_shards + 1), dtype=np.int64)
+    np.cumsum(base[:, None] + gets_extra, axis=1, out=bounds[:, 1:])
+    return bounds
+
+
+def shard_windows(
+    counts: np.ndarray,
     shard: int,
     num_shards: int,
     *,
     shuffle: bool,
     seed: int,
     epoch: int,
+    window: int,
+    group: int,
     even: bool = False,
-) -> list[Piece]:
-    """The pieces of chunks one shard (a worker of a rank) reads this epoch, in order.
+) -> list[list[Piece]]:
+    """The windows of pieces one shard reads this epoch, in order (see the module's doc).
 
-    The chunks, in this epoch's order, hold a sequence of selected events (``counts`` per
-    chunk); shard k takes the k-th of ``num_shards`` consecutive runs of it. The runs differ
-    by at most one event, or, with ``even``, all hold ``total // num_shards`` events and the
-    last ``total % num_shards`` events of the epoch's order are left out. A chunk at the
-    border of two runs is read by both shards, each keeping its part. ``counts`` may be None
-    for a single shard.
+    Args:
+        counts: selected events of every chunk of the plan.
+        shard, num_shards: this shard and how many share the epoch.
+        window: events a window holds at most (about; a piece is never split further
+            than one event per chunk).
+        group: chunks per group (:func:`group_size`); 1 reads chunk after chunk.
+        even: give every shard exactly ``total // num_shards`` events; the shards with one
+            more leave out the last event of their stream.
     """
-    order = chunk_order(len(chunks), shuffle=shuffle, seed=seed, epoch=epoch)
-    if num_shards == 1 and not even:
-        return [Piece(chunks[i]) for i in order]
-    if counts is None:
-        raise ValueError("several shards need the number of selected events of every chunk")
-    ordered = np.asarray(counts, dtype=np.int64)[order]
-    total = int(ordered.sum())
+    order = chunk_order(len(counts), shuffle=shuffle, seed=seed, epoch=epoch)
+    bounds = shard_parts(np.asarray(counts, dtype=np.int64)[order], num_shards)
+    starts, sizes = bounds[:, shard], bounds[:, shard + 1] - bounds[:, shard]
+    windows = []
+    for low in range(0, len(order), group):
+        part = slice(low, low + group)
+        windows += _group_windows(order[part], starts[part], sizes[part], window)
     if even:
-        low, high = shard * (total // num_shards), (shard + 1) * (total // num_shards)
-    else:
-        low, high = shard * total // num_shards, (shard + 1) * total // num_shards
-    ends = np.cumsum(ordered)
-    pieces = []
-    for i, end in zip(order, ends.tolist(), strict=True):
-        start = end - int(counts[i])
-        first, stop = max(low, start), min(high, end)
-        if first < stop:
-            pieces.append(Piece(chunks[i], first - start, stop - start))
-    return pieces
+        total = int(bounds[:, -1].sum())
+        _drop_beyond(windows, total // num_shards)
+    return windows
 
 
-def split_windows(pieces: Sequence[Piece], size: int) -> list[list[Piece]]:
-    """Group consecutive pieces into shuffle windows of ``size`` pieces."""
-    return [list(pieces[i : i + size]) for i in range(0, len(pieces), size)]
+def _group_windows(
+    chunks: np.ndarray, starts: np.ndarray, sizes: np.ndarray, window: int
+) -> list[list[Piece]]:
+    """Cut a shard's parts of a group's chunks into windows of proportional slices."""
+    num_windows = -(-int(sizes.sum()) // max(1, window))
+    windows = []
+    for t in range(num_windows):
+        first = starts + sizes * t // num_windows
+        stop = starts + sizes * (t + 1) // num_windows
+        windows.append(
+            [
+                Piece(int(c), int(f), int(s))
+                for c, f, s in zip(chunks, first, stop, strict=True)
+                if s > f
+            ]
+        )
+    return windows
+
+
+def _drop_beyond(windows: list[list[Piece]], keep: int) -> None:
+    """Shorten the end of a shard's windows so that they hold ``keep`` events (in place)."""
+    excess = sum(p.stop - p.first for w in windows for p in w) - keep
+    while excess > 0:
+        last = windows[-1].pop()
+        if last.stop - last.first > excess:
+            windows[-1].append(last._replace(stop=last.stop - excess))
+            excess = 0
+        else:
+            excess -= last.stop - last.first
+        if not windows[-1]:
+            windows.pop()
 
 
 def event_order(

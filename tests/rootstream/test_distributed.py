@@ -14,6 +14,7 @@ import uproot
 
 from rootstream import compute_stats, load_spec
 from rootstream.reader import EventReader
+from tests.rootstream.mixing import assert_mixed_like_a_global_shuffle
 
 CHECK = Path(__file__).with_name("ddp_check.py")
 NUM_EVENTS = 1000
@@ -138,3 +139,13 @@ def test_ddp_example_trains_stops_and_resumes(tmp_path):
     spec = load_spec(tmp_path / "model.onnx")
     assert spec.inputs == ("x", "mask")
     assert spec.label_names is None
+
+
+@needs_isolation
+def test_ddp_batches_of_every_rank_mix_like_a_global_shuffle(numbered, tmp_path):
+    labelled = [numbered("s.root", 10_000), numbered("b.root", 10_000, first=10_000)]
+    torchrun(tmp_path, labelled, "--labelled")
+    selected = selected_events(labelled)
+    p, total = np.mean(np.array(selected) < 10_000), len(selected)
+    for rank in report(tmp_path, "full"):
+        assert_mixed_like_a_global_shuffle(rank["fractions"], p, total, 128)

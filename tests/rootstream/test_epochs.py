@@ -185,19 +185,28 @@ def test_resume_with_workers_through_stateful_dataloader(files):
         torch.testing.assert_close(got, expected)
 
 
-def run_as_rank(ds, rank, world_size, monkeypatch, num_workers=0):
-    """Iterate as rank ``rank`` of ``world_size`` would (torch.distributed's env variables)."""
+def run_as_rank(make, rank, world_size, monkeypatch, num_workers=0, epoch=1):
+    """Build a dataset with ``make()`` and iterate it as rank ``rank`` of ``world_size`` would
+    (torchrun's environment variables; the rank is read when the dataset is made)."""
     monkeypatch.setenv("RANK", str(rank))
     monkeypatch.setenv("WORLD_SIZE", str(world_size))
+    ds = _at_epoch(make(), epoch)
     return list(DataLoader(ds, batch_size=None, num_workers=num_workers))
 
 
 @pytest.mark.parametrize(("world_size", "num_workers"), [(2, 0), (3, 2), (4, 0)])
 def test_ranks_get_equal_batches_and_disjoint_events(files, monkeypatch, world_size, num_workers):
-    ds = dataset(files, batch_size=32, cut="MET_pt > 10")
     selected = set(event_ids(dataset(files, batch_size=NUM_EVENTS, cut="MET_pt > 10")))
-    ds.set_epoch(1)
-    per_rank = [run_as_rank(ds, r, world_size, monkeypatch, num_workers) for r in range(world_size)]
+    per_rank = [
+        run_as_rank(
+            lambda: dataset(files, batch_size=32, cut="MET_pt > 10"),
+            r,
+            world_size,
+            monkeypatch,
+            num_workers,
+        )
+        for r in range(world_size)
+    ]
     assert len({len(batches) for batches in per_rank}) == 1  # the same number of steps
     ids = [event_ids(batches) for batches in per_rank]
     taken = [i for rank in ids for i in rank]
@@ -208,7 +217,94 @@ def test_ranks_get_equal_batches_and_disjoint_events(files, monkeypatch, world_s
 
 
 def test_without_even_batches_every_selected_event_appears_once(files, monkeypatch):
-    ds = dataset(files, batch_size=32, cut="MET_pt > 10", even_batches=False)
     selected = sorted(event_ids(dataset(files, batch_size=NUM_EVENTS, cut="MET_pt > 10")))
-    taken = [i for r in range(3) for i in event_ids(run_as_rank(ds, r, 3, monkeypatch))]
+    taken = [
+        i
+        for r in range(3)
+        for i in event_ids(
+            run_as_rank(
+                lambda: dataset(files, batch_size=32, cut="MET_pt > 10", even_batches=False),
+                r,
+                3,
+                monkeypatch,
+            )
+        )
+    ]
     assert sorted(taken) == selected
+
+
+def test_persistent_workers_follow_set_epoch(files):
+    ds = dataset(files, batch_size=50)
+    loader = DataLoader(ds, batch_size=None, num_workers=2, persistent_workers=True)
+    orders = []
+    for epoch in range(3):
+        ds.set_epoch(epoch)
+        orders.append(event_ids(loader))
+        assert sorted(orders[-1]) == list(range(NUM_EVENTS))
+    assert len({tuple(o) for o in orders}) == 3
+    # and each epoch is the one a fresh loader gives for that epoch
+    assert orders[2] == event_ids(DataLoader(_at_epoch(ds, 2), batch_size=None, num_workers=2))
+
+
+def test_spawned_workers_yield_what_forked_workers_yield(files):
+    def ids(context):
+        ds = _at_epoch(dataset(files, batch_size=50), 1)
+        return event_ids(
+            DataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context=context)
+        )
+
+    spawned = ids("spawn")
+    assert sorted(spawned) == list(range(NUM_EVENTS))
+    assert spawned == ids("fork")
+
+
+def test_two_live_iterators_keep_their_own_positions(files):
+    ds = _at_epoch(dataset(files, batch_size=40), 2)
+    full = event_ids(ds)
+    first = iter(ds)
+    head = event_ids(next(first) for _ in range(5))
+    second = iter(ds)
+    assert ds.state_dict()["consumed"] == 0  # the latest stream has yielded nothing yet
+    assert event_ids(second) == full
+    assert head + event_ids(first) == full  # the first stream went on where it was
+
+
+def test_state_dict_after_a_second_iter_is_the_new_streams(files):
+    ds = _at_epoch(dataset(files, batch_size=40), 2)
+    stream = iter(ds)
+    next(stream)
+    stream = iter(ds)
+    head = [next(stream) for _ in range(3)]
+    state = ds.state_dict()
+    assert state["consumed"] == 120
+    resumed = dataset(files, batch_size=40)
+    resumed.load_state_dict(state)
+    assert event_ids(head) + event_ids(resumed) == event_ids(
+        _at_epoch(dataset(files, batch_size=40), 2)
+    )
+
+
+def test_skip_with_even_batches_under_ranks_is_refused_on_every_rank(files, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        with pytest.raises(ValueError, match=r"on_error='skip'.*even_batches=False.*join"):
+            dataset(files, on_error="skip")
+        assert dataset(files, on_error="skip", even_batches=False).even_batches is False
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_validation_part_is_ordered_and_complete_under_ranks(files, monkeypatch, num_workers):
+    whole = dataset(files, batch_size=32)
+    _, expected = whole.train_test_split(test_size=0.3, seed=4)
+    expected_ids = event_ids(expected)
+    taken = []
+    for rank in range(2):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        _, val = dataset(files, batch_size=32).train_test_split(test_size=0.3, seed=4)
+        batches = list(DataLoader(val, batch_size=None, num_workers=num_workers))
+        for batch in batches:  # not shuffled: file order within each batch
+            assert event_ids([batch]) == sorted(event_ids([batch]))
+        taken += event_ids(batches)
+    assert sorted(taken) == sorted(expected_ids)  # nothing dropped, nothing twice

@@ -2,69 +2,64 @@
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from rootstream.chunks import Chunk
+from rootstream.chunks import GRID, Chunk, SelectionIndex
 from rootstream.shuffle import (
-    Piece,
     chunk_order,
     event_order,
+    group_size,
     is_held_out,
-    shard_pieces,
-    split_windows,
+    shard_parts,
+    shard_windows,
 )
 
 
-def chunks_of(sizes):
-    return [Chunk(i % 3, 1000 * i, 1000 * i + s) for i, s in enumerate(sizes)]
+def plan(counts, shard, num_shards, *, window=50, group=4, shuffle=True, epoch=1, even=False):
+    return shard_windows(
+        np.asarray(counts),
+        shard,
+        num_shards,
+        shuffle=shuffle,
+        seed=3,
+        epoch=epoch,
+        window=window,
+        group=group,
+        even=even,
+    )
 
 
-def expand(pieces, counts, chunks):
-    """The (chunk position, selected event) pairs that pieces cover."""
-    index = {c: i for i, c in enumerate(chunks)}
-    return [
-        (index[p.chunk], e)
-        for p in pieces
-        for e in range(p.first, counts[index[p.chunk]] if p.stop is None else p.stop)
-    ]
+def events_of(windows):
+    """The (chunk, selected event) pairs that a shard's windows cover, in order."""
+    return [(p.chunk, e) for w in windows for p in w for e in range(p.first, p.stop)]
+
+
+COUNTS = [(7 * i) % 23 + 1 for i in range(30)]  # 30 chunks of 1 to 23 selected events
 
 
 @pytest.mark.parametrize("num_shards", [1, 2, 3, 4, 7, 40])
 @pytest.mark.parametrize("shuffle", [False, True])
-def test_every_selected_event_goes_to_exactly_one_shard(num_shards, shuffle):
-    chunks = chunks_of(range(1, 20))
-    counts = [c.num_entries // 2 for c in chunks]  # as if a cut kept half
+@pytest.mark.parametrize("group", [1, 4, 100])
+def test_every_selected_event_goes_to_exactly_one_shard(num_shards, shuffle, group):
     per_shard = [
-        expand(
-            shard_pieces(chunks, counts, s, num_shards, shuffle=shuffle, seed=3, epoch=1),
-            counts,
-            chunks,
-        )
+        events_of(plan(COUNTS, s, num_shards, shuffle=shuffle, group=group))
         for s in range(num_shards)
     ]
     taken = [e for shard in per_shard for e in shard]
-    assert sorted(taken) == sorted((i, e) for i, n in enumerate(counts) for e in range(n))
+    assert sorted(taken) == [(i, e) for i, n in enumerate(COUNTS) for e in range(n)]
     sizes = [len(shard) for shard in per_shard]
     assert max(sizes) - min(sizes) <= 1
 
 
 @pytest.mark.parametrize("num_shards", [2, 3, 7])
 def test_even_shards_hold_equal_events_and_leave_out_less_than_one_per_shard(num_shards):
-    chunks = chunks_of(range(1, 30))
-    counts = [c.num_entries for c in chunks]
-    per_shard = [
-        expand(
-            shard_pieces(chunks, counts, s, num_shards, shuffle=True, seed=0, epoch=4, even=True),
-            counts,
-            chunks,
-        )
-        for s in range(num_shards)
-    ]
-    total = sum(counts)
+    per_shard = [events_of(plan(COUNTS, s, num_shards, even=True)) for s in range(num_shards)]
+    total = sum(COUNTS)
     assert {len(shard) for shard in per_shard} == {total // num_shards}
     taken = [e for shard in per_shard for e in shard]
     assert len(set(taken)) == len(taken)
@@ -72,30 +67,65 @@ def test_even_shards_hold_equal_events_and_leave_out_less_than_one_per_shard(num
 
 
 def test_left_out_events_change_with_the_epoch():
-    chunks = chunks_of(range(1, 30))
-    counts = [c.num_entries for c in chunks]
-
     def left_out(epoch):
-        taken = {
-            e
-            for s in range(4)
-            for e in expand(
-                shard_pieces(chunks, counts, s, 4, shuffle=True, seed=0, epoch=epoch, even=True),
-                counts,
-                chunks,
-            )
-        }
-        return {(i, e) for i, n in enumerate(counts) for e in range(n)} - taken
+        taken = {e for s in range(4) for e in events_of(plan(COUNTS, s, 4, epoch=epoch, even=True))}
+        return {(i, e) for i, n in enumerate(COUNTS) for e in range(n)} - taken
 
     assert left_out(0) != left_out(1)
 
 
-def test_a_single_shard_reads_whole_chunks_without_counts():
-    chunks = chunks_of(range(1, 6))
-    pieces = shard_pieces(chunks, None, 0, 1, shuffle=False, seed=0, epoch=0)
-    assert pieces == [Piece(c) for c in chunks]
-    with pytest.raises(ValueError, match="number of selected events"):
-        shard_pieces(chunks, None, 0, 2, shuffle=False, seed=0, epoch=0)
+@pytest.mark.parametrize("num_shards", [1, 3, 4])
+def test_every_window_draws_from_every_chunk_of_its_group_in_proportion(num_shards):
+    counts = [400, 100, 1000, 250, 600, 50, 900, 300]
+    for shard in range(num_shards):
+        windows = plan(counts, shard, num_shards, window=200, group=4)
+        order = chunk_order(len(counts), shuffle=True, seed=3, epoch=1)
+        groups = [set(order[:4].tolist()), set(order[4:].tolist())]
+        for window in windows:
+            chunks = {p.chunk for p in window}
+            assert chunks in groups  # a window holds a piece of every chunk of one group
+            group = [i for i in chunks]
+            size = sum(p.stop - p.first for p in window)
+            group_total = sum(counts[i] for i in group)
+            for p in window:
+                # each chunk's share of the window is its share of the group, to one event
+                expected = size * counts[p.chunk] / group_total
+                assert abs((p.stop - p.first) - expected) <= 1 + len(group)
+            assert size <= 200 + len(group)
+
+
+def test_a_shard_reads_each_chunk_front_to_back_in_consecutive_pieces():
+    for shard in range(3):
+        pieces = [p for w in plan(COUNTS, shard, 3, window=20, group=6) for p in w]
+        by_chunk = {}
+        for p in pieces:
+            by_chunk.setdefault(p.chunk, []).append(p)
+        for chunk_pieces in by_chunk.values():
+            for before, after in itertools.pairwise(chunk_pieces):
+                assert before.stop == after.first
+
+
+def test_without_shuffle_a_shard_reads_its_part_of_each_chunk_in_plan_order():
+    pieces = [p for w in plan(COUNTS, 1, 2, shuffle=False, group=1) for p in w]
+    assert [p.chunk for p in pieces] == sorted(p.chunk for p in pieces)
+    part_sizes = np.diff(shard_parts(np.asarray(COUNTS), 2), axis=1)[:, 1]
+    assert [p.stop - p.first for p in pieces] == [n for n in part_sizes.tolist() if n]
+
+
+def test_shard_parts_differ_by_one_event_per_chunk_and_per_shard_total():
+    counts = np.array([5, 7, 3, 9, 1, 0, 12])
+    bounds = shard_parts(counts, 4)
+    sizes = np.diff(bounds, axis=1)
+    np.testing.assert_array_equal(bounds[:, -1], counts)
+    assert (sizes.max(axis=1) - sizes.min(axis=1) <= 1).all()
+    totals = sizes.sum(axis=0)
+    assert totals.max() - totals.min() <= 1
+
+
+def test_group_size_keeps_pieces_above_the_minimum():
+    assert group_size(window=1000, min_piece=100, num_chunks=50) == 10
+    assert group_size(window=1000, min_piece=100, num_chunks=3) == 3
+    assert group_size(window=50, min_piece=100, num_chunks=50) == 1
 
 
 def test_chunk_order_depends_on_seed_and_epoch_only():
@@ -107,11 +137,35 @@ def test_chunk_order_depends_on_seed_and_epoch_only():
     np.testing.assert_array_equal(chunk_order(5, shuffle=False, seed=1, epoch=2), np.arange(5))
 
 
-def test_windows_are_consecutive_groups():
-    pieces = [Piece(c) for c in chunks_of(range(1, 11))]
-    windows = split_windows(pieces, 4)
-    assert [len(w) for w in windows] == [4, 4, 2]
-    assert [p for w in windows for p in w] == pieces
+def test_selection_index_finds_the_entries_of_selected_events():
+    rng = np.random.default_rng(0)
+    chunks = [Chunk(0, 0, 5000), Chunk(1, 300, 2300), Chunk(0, 5000, 5000 + GRID)]
+    masks = [rng.random(c.num_entries) < p for c, p in zip(chunks, (0.3, 0.9, 0.5), strict=True)]
+    index = SelectionIndex(chunks, [SelectionIndex.running_count(m) for m in masks])
+    np.testing.assert_array_equal(index.counts, [m.sum() for m in masks])
+    for i, (chunk, mask) in enumerate(zip(chunks, masks, strict=True)):
+        selected_entries = chunk.start + np.flatnonzero(mask)
+        for first, stop in [
+            (0, 1),
+            (0, int(mask.sum())),
+            (17, 400),
+            (int(mask.sum()) - 1, int(mask.sum())),
+        ]:
+            read, low, high = index.entries(i, first, stop)
+            assert read.source == chunk.source
+            assert chunk.start <= read.start
+            assert read.stop <= chunk.stop
+            in_read = selected_entries[
+                (selected_entries >= read.start) & (selected_entries < read.stop)
+            ]
+            np.testing.assert_array_equal(in_read[low:high], selected_entries[first:stop])
+            assert read.num_entries <= (stop - first) / mask.mean() + 2 * GRID + 50
+
+
+def test_selection_index_without_a_selection_reads_exactly_the_events():
+    index = SelectionIndex([Chunk(2, 100, 900)], None)
+    assert index.entries(0, 10, 20) == (Chunk(2, 110, 120), 0, 10)
+    np.testing.assert_array_equal(index.counts, [800])
 
 
 def test_event_order_is_a_seeded_permutation():
