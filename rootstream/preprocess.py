@@ -25,11 +25,13 @@ from rootstream.errors import InvalidEventError, close_matches
 __all__ = [
     "FeatureSpec",
     "Jagged",
+    "Placement",
     "Spec",
     "assemble",
     "columns_from_events",
     "normalization",
     "pad",
+    "placement",
 ]
 
 SPEC_VERSION = 1
@@ -160,45 +162,46 @@ def normalization(
     return float(center), float(scale)
 
 
+class Placement(NamedTuple):
+    """Where the elements of a jagged column go in a padded array, computed once per column.
+
+    Element ``source[k]`` of the content lands at flat position ``target[k]`` (``row *
+    row_stride + slot * slot_stride``); elements beyond the padded length are left out.
+    Columns with the same offsets (one collection) share a placement.
+    """
+
+    counts: np.ndarray  # int64 [N]: elements per event, before truncation
+    source: np.ndarray  # int64 [K]: content index of each kept element
+    target: np.ndarray  # int64 [K]: its flat position
+    starts: np.ndarray  # int64 [N + 1]: kept elements before each event
+
+
+def placement(offsets: np.ndarray, length: int, row_stride: int, slot_stride: int = 1) -> Placement:
+    """The :class:`Placement` of a jagged column padded or truncated to ``length`` slots."""
+    counts = np.diff(offsets)
+    kept = np.minimum(counts, length)
+    starts = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(kept, out=starts[1:])
+    slot = np.arange(starts[-1], dtype=np.int64) - np.repeat(starts[:-1], kept)
+    source = np.repeat(offsets[:-1].astype(np.int64), kept) + slot
+    rows = np.repeat(np.arange(len(counts), dtype=np.int64) * row_stride, kept)
+    return Placement(counts, source, rows + slot * slot_stride, starts)
+
+
 def pad(
-    column: Jagged,
-    length: int,
-    *,
-    center: float = 0.0,
-    scale: float = 1.0,
-    out: np.ndarray | None = None,
-    out_mask: np.ndarray | None = None,
+    column: Jagged, length: int, *, center: float = 0.0, scale: float = 1.0
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pad or truncate a jagged column to ``length`` and normalize the real values.
 
     Truncation keeps the first ``length`` values of each event; padded slots hold 0.
-    ``out``/``out_mask`` may be (strided) views to write into. Works slot by slot: one
-    vectorized gather of N values per slot, with no [N, length] index array.
 
     Returns:
         values: float32 ``[N, length]``; mask: bool ``[N, length]``, True where real.
     """
-    n = len(column)
-    if out is None:
-        out = np.empty((n, length), dtype=np.float32)
-    if out_mask is None:
-        out_mask = np.empty((n, length), dtype=bool)
-    counts = column.counts
-    if column.content.size == 0:
-        out[...] = 0.0
-        out_mask[...] = False
-        return out, out_mask
-    normalized = _normalized(column.content, center, scale)
-    last = len(normalized) - 1
-    position = column.offsets[:-1].copy()
-    index = np.empty_like(position)
-    out[...] = 0.0
-    for slot in range(length):
-        real = np.greater(counts, slot, out=out_mask[:, slot])
-        np.minimum(position, last, out=index)
-        np.copyto(out[:, slot], normalized[index], where=real)
-        position += 1
-    return out, out_mask
+    where = placement(column.offsets, length, length)
+    values = np.zeros((len(column), length), dtype=np.float32)
+    values.reshape(-1)[where.target] = _normalized(column.content, center, scale)[where.source]
+    return values, np.arange(length) < where.counts[:, None]
 
 
 def _normalized(values: np.ndarray, center: float, scale: float) -> np.ndarray:
@@ -229,30 +232,82 @@ def assemble(spec: Spec, columns: Mapping[str, Column]) -> dict[str, np.ndarray]
     return out
 
 
+ROWS_PER_BLOCK = 2048  # rows written at a time: a block of x and mask stays in L2 cache
+
+
 def _assemble_flat(
     features: Sequence[FeatureSpec], columns: Mapping[str, Column], n: int
 ) -> dict[str, np.ndarray]:
+    """``x`` (and ``mask``), written block of rows by block of rows.
+
+    Every value is normalized and gathered once, in content order, then copied into a
+    block of ``ROWS_PER_BLOCK`` rows that stays in cache while every feature writes its
+    columns: no pass over the whole [N, F] matrix per feature.
+    """
     width = sum(f.width for f in features)
     x = np.empty((n, width), dtype=np.float32)
     mask = np.empty((n, width), dtype=bool) if any(f.jagged for f in features) else None
-    col = 0
-    for f in features:
-        if f.jagged:
-            cols = slice(col, col + f.length)
-            pad(
-                columns[f.name],
-                f.length,
-                center=f.center,
-                scale=f.scale,
-                out=x[:, cols],
-                out_mask=mask[:, cols],
-            )
-        else:
-            x[:, col] = _normalized(columns[f.name], f.center, f.scale)
-            if mask is not None:
-                mask[:, col] = True
-        col += f.width
+    flat_columns, flat, collections = _columns_by_placement(features, columns, width)
+    for low in range(0, n, ROWS_PER_BLOCK):
+        high = min(low + ROWS_PER_BLOCK, n)
+        block = x[low:high]
+        if mask is not None:
+            block[...] = 0.0
+        block[:, flat_columns] = flat[:, low:high].T
+        if mask is None:
+            continue
+        block_mask = mask[low:high]
+        block_mask[:, flat_columns] = True
+        for where, length, members in collections:
+            first, stop = where.starts[low], where.starts[high]
+            target = where.target[first:stop] - low * width
+            real = np.arange(length) < where.counts[low:high, None]
+            for col, values in members:
+                block.reshape(-1)[target + col] = values[first:stop]
+                block_mask[:, col : col + length] = real
     return {"x": x} if mask is None else {"x": x, "mask": mask}
+
+
+def _columns_by_placement(
+    features: Sequence[FeatureSpec], columns: Mapping[str, Column], width: int
+) -> tuple[list[int] | slice, np.ndarray, list[tuple[Placement, int, list]]]:
+    """Where the flat features go and their normalized values (float32 ``[F_flat, N]``),
+    and the jagged ones normalized and gathered per shared placement, with their columns."""
+    flat_columns, flat, collections, col = [], [], [], 0
+    for f in features:
+        column = columns[f.name]
+        if not f.jagged:
+            flat_columns.append(col)
+            flat.append(_normalized(column, f.center, f.scale))
+        else:
+            group = next(
+                (c for c in collections if c[1] == f.length and _same(c[3], column.offsets)),
+                None,
+            )
+            if group is None:
+                group = (placement(column.offsets, f.length, width), f.length, [], column.offsets)
+                collections.append(group)
+            values = _normalized(column.content, f.center, f.scale)[group[0].source]
+            group[2].append((col, values))
+        col += f.width
+    n = _num_events(columns)
+    stacked = np.stack(flat) if flat else np.empty((0, n), dtype=np.float32)
+    return (
+        _as_slice(flat_columns),
+        stacked,
+        [(where, length, members) for where, length, members, _ in collections],
+    )
+
+
+def _as_slice(indices: list[int]) -> list[int] | slice:
+    """A run of consecutive indices as a slice (cheaper to index with), else the list."""
+    if indices and indices == list(range(indices[0], indices[-1] + 1)):
+        return slice(indices[0], indices[-1] + 1)
+    return indices
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    return a is b or (len(a) == len(b) and np.array_equal(a, b))
 
 
 def _assemble_group(
@@ -260,19 +315,19 @@ def _assemble_group(
 ) -> dict[str, np.ndarray]:
     if not features[0].jagged:
         return {group: _assemble_flat(features, columns, n)["x"]}
-    length = features[0].length
-    values = np.empty((n, length, len(features)), dtype=np.float32)
-    mask = np.empty((n, length), dtype=bool)
-    first = columns[features[0].name]
+    length, first = features[0].length, columns[features[0].name]
+    values = np.zeros((n, length, len(features)), dtype=np.float32)
+    where = placement(first.offsets, length, length * len(features), len(features))
     for c, f in enumerate(features):
         column = columns[f.name]
-        if not np.array_equal(column.offsets, first.offsets):
+        if not _same(column.offsets, first.offsets):
             raise ValueError(
                 f"group {group!r}: {f.name!r} and {features[0].name!r} have different numbers of "
                 "elements in some events; a group must hold branches of one collection"
             )
-        pad(column, length, center=f.center, scale=f.scale, out=values[:, :, c], out_mask=mask)
-    return {group: values, f"{group}_mask": mask}
+        normalized = _normalized(column.content, f.center, f.scale)
+        values.reshape(-1)[where.target + c] = normalized[where.source]
+    return {group: values, f"{group}_mask": np.arange(length) < where.counts[:, None]}
 
 
 # ----------------------------------------------------------------- raw events

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -39,7 +40,7 @@ from rootstream.sources import (
     read_columns,
 )
 
-__all__ = ["Block", "EventReader", "Split", "TreeCache"]
+__all__ = ["Block", "EventReader", "Split", "TreeCache", "concatenate"]
 
 TASKS = ("binary", "multiclass", "regression")
 DEFAULT_RETRIES = 5
@@ -80,6 +81,29 @@ class Block:
         )
 
 
+def concatenate(blocks: Sequence[Block]) -> Block:
+    """One block of the events of ``blocks``, in order (the blocks themselves if only one)."""
+    if len(blocks) == 1:
+        return blocks[0]
+    first = blocks[0]
+    return Block(
+        columns={k: concatenate_columns([b.columns[k] for b in blocks]) for k in first.columns},
+        y=None if first.y is None else np.concatenate([b.y for b in blocks]),
+        w=None if first.w is None else np.concatenate([b.w for b in blocks]),
+    )
+
+
+def concatenate_columns(columns: Sequence[Column]) -> Column:
+    """The events of several columns of one feature, in order."""
+    if not isinstance(columns[0], Jagged):
+        return np.concatenate(columns)
+    shifts = np.cumsum([0] + [c.offsets[-1] for c in columns[:-1]])
+    offsets = [columns[0].offsets[:1]] + [
+        c.offsets[1:] + shift for c, shift in zip(columns, shifts, strict=True)
+    ]
+    return Jagged(np.concatenate(offsets), np.concatenate([c.content for c in columns]))
+
+
 def slice_rows(column: Column, first: int, stop: int | None) -> Column:
     """Events ``[first, stop)`` of a column."""
     if not isinstance(column, Jagged):
@@ -89,11 +113,20 @@ def slice_rows(column: Column, first: int, stop: int | None) -> Column:
 
 
 class TreeCache:
-    """Opens each source's tree on first use and closes them all on exit."""
+    """Opens each source's tree on first use and closes them all on exit.
 
-    def __init__(self, sources: Sequence[Source]) -> None:
+    With ``threads > 1`` it also owns a pool of that many threads that decompress the
+    baskets of a read in parallel (zlib, LZMA, ZSTD and LZ4 release the GIL).
+    """
+
+    def __init__(self, sources: Sequence[Source], *, threads: int = 1) -> None:
         self._sources = sources
         self._trees: dict[int, Any] = {}
+        self.executor = (
+            ThreadPoolExecutor(threads, thread_name_prefix="rootstream-decompress")
+            if threads > 1
+            else None
+        )
 
     def get(self, index: int) -> Any:
         if index not in self._trees:
@@ -115,6 +148,8 @@ class TreeCache:
     def __exit__(self, *exc: object) -> None:
         for index in list(self._trees):
             self.drop(index)
+        if self.executor is not None:
+            self.executor.shutdown(wait=True, cancel_futures=True)
 
 
 def _flat(column: Column, what: str) -> np.ndarray:
@@ -306,7 +341,9 @@ class EventReader:
                 trees,
                 chunk.source,
                 f"entries {chunk.start} to {chunk.stop}",
-                lambda tree: read_columns(tree, expressions, chunk.start, chunk.stop),
+                lambda tree: read_columns(
+                    tree, expressions, chunk.start, chunk.stop, executor=trees.executor
+                ),
             )
         except UnsupportedBranchError:
             raise

@@ -16,9 +16,9 @@ import torch
 from rootstream.chunks import SelectionIndex
 from rootstream.prefetch import prefetch
 from rootstream.preprocess import Jagged, Spec, assemble
-from rootstream.reader import Block, EventReader, TreeCache
+from rootstream.reader import Block, EventReader, TreeCache, concatenate
 from rootstream.shuffle import Piece, event_order, group_size, shard_windows
-from rootstream.world import Shard
+from rootstream.world import Shard, cpus_of_this_process
 
 __all__ = ["MIN_PIECE", "EpochStream", "StreamOptions", "fresh_position"]
 
@@ -133,7 +133,7 @@ class EpochStream:
 
     def _blocks(self, windows: list[list[Piece]]) -> Iterator[list[Block]]:
         """Read the pieces of each window, skipping unreadable ones if asked."""
-        with TreeCache(self.reader.sources) as trees:
+        with TreeCache(self.reader.sources, threads=cpus_of_this_process()) as trees:
             for window in windows:
                 blocks = []
                 for piece in window:
@@ -144,13 +144,10 @@ class EpochStream:
                 yield blocks
 
     def _assemble(self, blocks: list[Block]) -> Arrays:
-        """Model inputs, labels and weights of a window's blocks, concatenated."""
-        parts = [_arrays_of(self.spec, block) for block in blocks]
-        if not parts:
+        """Model inputs, labels and weights of a window's blocks, in one set of arrays."""
+        if not blocks:
             return _empty_arrays(self.spec, self.reader)
-        if len(parts) == 1:
-            return parts[0]
-        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        return _arrays_of(self.spec, concatenate(blocks))
 
     # ----------------------------------------------------------------- yielding
     def _events(self, windows: Iterator[tuple[Arrays, np.ndarray]]) -> Iterator[dict]:

@@ -151,6 +151,22 @@ def _block(rng: np.random.Generator, process: Process, n: int) -> dict[str, np.n
     return {**_event_variables(rng, process, particles, n), **particles}
 
 
+def _random_block(
+    rng: np.random.Generator, process: Process, n: int
+) -> dict[str, np.ndarray | ak.Array]:
+    """``n`` events of uniform random values (no physics), with the collections' counts."""
+    flat = {name: rng.random(n, dtype=np.float32) for name in FLAT_BRANCHES}
+    particles = {}
+    for name in COLLECTIONS:
+        counts = rng.poisson(process.particles[name].mean_count, n)
+        fields = {f: rng.random(int(counts.sum()), dtype=np.float32) for f in FIELDS}
+        particles[name] = ak.unflatten(ak.zip(fields), counts)
+    return {**flat, **particles}
+
+
+BLOCKS = {"physics": _block, "random": _random_block}
+
+
 def _branch_types() -> dict[str, object]:
     record = ", ".join(f"{f}: float32" for f in FIELDS)
     return {
@@ -168,6 +184,7 @@ def write_sample(
     tree: str = "Events",
     events_per_basket: int = 100_000,
     compression: uproot.compression.Compression | None = DEFAULT_COMPRESSION,
+    values: str = "physics",
 ) -> str:
     """Write ``num_events`` generated events of one kind as a NanoAOD-like TTree.
 
@@ -183,12 +200,17 @@ def write_sample(
         tree: name of the TTree.
         events_per_basket: events generated and written per step (one basket per branch).
         compression: an uproot compression, or None.
+        values: ``"physics"`` (the toy model) or ``"random"``: every value uniform in
+            [0, 1), shaped by nothing (the same branches and collection counts), the hard
+            case for compression and for benchmarks tuned on smooth data.
 
     Returns:
         The path written.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {sorted(KINDS)}, not {kind!r}")
+    if values not in BLOCKS:
+        raise ValueError(f"values must be one of {sorted(BLOCKS)}, not {values!r}")
     if num_events < 0 or events_per_basket < 1:
         raise ValueError(
             f"need num_events >= 0, events_per_basket >= 1: {num_events}, {events_per_basket}"
@@ -198,5 +220,6 @@ def write_sample(
         file["provenance"] = PROVENANCE
         out = file.mktree(tree, _branch_types(), title=f"{kind} events, {PROVENANCE}")
         for start in range(0, num_events, events_per_basket):
-            out.extend(_block(rng, KINDS[kind], min(events_per_basket, num_events - start)))
+            block = BLOCKS[values](rng, KINDS[kind], min(events_per_basket, num_events - start))
+            out.extend(block)
     return os.fspath(path)

@@ -8,7 +8,13 @@ from typing import NamedTuple
 import torch
 from torch.utils.data import get_worker_info
 
-__all__ = ["Shard", "is_distributed", "rank_and_world_size", "shard_of_this_process"]
+__all__ = [
+    "Shard",
+    "cpus_of_this_process",
+    "is_distributed",
+    "rank_and_world_size",
+    "shard_of_this_process",
+]
 
 
 def is_distributed() -> bool:
@@ -36,3 +42,13 @@ def shard_of_this_process(rank: int, world_size: int) -> Shard:
     info = get_worker_info()
     worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
     return Shard(rank * num_workers + worker, world_size * num_workers, world_size)
+
+
+def cpus_of_this_process() -> int:
+    """This process's share of the node's CPUs: all of them, split over the DataLoader
+    workers of this process's rank and over the ranks of this node (``LOCAL_WORLD_SIZE``,
+    set by torchrun), so that threads of all of them together do not oversubscribe."""
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    info = get_worker_info()
+    sharing = (info.num_workers if info else 1) * int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    return max(1, (available or 1) // sharing)

@@ -133,3 +133,64 @@ def test_padded_slots_are_positive_zero_even_after_negative_values():
     values, mask = pad(jagged([[-5.0], []]), 2, center=1.0, scale=1.0)
     assert not np.signbit(values[~mask]).any()
     assert values[0, 0] == -6.0
+
+
+def assembled_by_awkward(features, columns, n):
+    """``x`` and ``mask`` built with plain awkward (pad_none, fill_none), column by column."""
+    import awkward as ak
+
+    parts, masks = [], []
+    for f in features:
+        column = columns[f.name]
+        if not f.jagged:
+            values = ((np.asarray(column, dtype=np.float64) - f.center) / f.scale)[:, None]
+            parts.append(values.astype(np.float32))
+            masks.append(np.ones((n, 1), bool))
+            continue
+        lists = ak.unflatten(column.content, np.diff(column.offsets))
+        padded = ak.pad_none(lists, f.length, clip=True)
+        masks.append(ak.to_numpy(~ak.is_none(padded, axis=1)))
+        normalized = ak.fill_none((padded - f.center) / f.scale, 0.0)
+        parts.append(ak.to_numpy(normalized).astype(np.float32))
+    return np.hstack(parts), np.hstack(masks)
+
+
+@pytest.mark.parametrize("num_events", [0, 1, 7, 2047, 2048, 2049, 5000])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_assemble_equals_plain_awkward_on_every_shape(num_events, dtype):
+    rng = np.random.default_rng(num_events)
+
+    def collection(mean, empty_share):
+        counts = rng.poisson(mean, num_events) * (rng.random(num_events) > empty_share)
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        return offsets, rng.normal(size=int(offsets[-1]))
+
+    jets, muons = collection(6.0, 0.2), collection(0.5, 0.5)  # many above 4, many empty
+    columns = {
+        "MET": rng.exponential(30, num_events).astype(dtype),
+        "Jet_pt": Jagged(jets[0], (jets[1] * 20 + 50).astype(dtype)),
+        "n": rng.integers(0, 9, num_events),
+        "Jet_eta": Jagged(jets[0], jets[1].astype(dtype)),
+        "Mu_pt": Jagged(muons[0], muons[1].astype(dtype)),
+    }
+    features = (
+        FeatureSpec("MET", None, 30.0, 25.0),
+        FeatureSpec("Jet_pt", 4, 50.0, 20.0),
+        FeatureSpec("n", None, 3.0, 2.0),  # a flat feature between jagged ones
+        FeatureSpec("Jet_eta", 4, 0.0, 1.0),
+        FeatureSpec("Mu_pt", 2, 0.0, 3.0),
+    )
+    out = assemble(Spec(features, None, "standard"), columns)
+    x, mask = assembled_by_awkward(features, columns, num_events)
+    assert out["x"].shape == (num_events, 1 + 4 + 1 + 4 + 2)
+    np.testing.assert_allclose(out["x"], x, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(out["mask"], mask)
+    assert out["x"].dtype == np.float32
+
+
+def test_assemble_of_flat_features_only_has_no_mask():
+    columns = {"a": np.arange(3000.0), "b": np.ones(3000, np.float32)}
+    features = (FeatureSpec("a", None, 1.0, 2.0), FeatureSpec("b", None, 0.0, 1.0))
+    out = assemble(Spec(features, None, "standard"), columns)
+    assert set(out) == {"x"}
+    np.testing.assert_allclose(out["x"], np.stack([(np.arange(3000.0) - 1) / 2, np.ones(3000)], 1))
