@@ -24,7 +24,8 @@ IMAGES = DOCS / "img"
 
 def run_all(root_python: str | None) -> None:
     loader = ["loader.py", *(["--root-python", root_python] if root_python else [])]
-    for script in (loader, ["distributed.py"], ["remote.py"], ["serve.py"]):
+    scripts = (["defaults.py"], ["mixing.py"], loader, ["distributed.py"], ["remote.py"])
+    for script in (*scripts, ["serve.py"]):
         print(f"== {' '.join(script)}", flush=True)
         subprocess.run([sys.executable, *script], cwd=HERE, check=True)
 
@@ -53,6 +54,22 @@ def bars(path: Path, labels: list[str], values: list[float], title: str, unit: s
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return f"![{title}](img/{path.name})"
+
+
+def defaults_section() -> dict[str, str]:
+    data = load("defaults")
+    return {
+        "defaults_table": (RESULTS / "defaults.md").read_text().strip(),
+        "defaults_date": f"{data['date']}, commit {data['git']}",
+    }
+
+
+def mixing_section() -> dict[str, str]:
+    data = load("mixing")
+    return {
+        "mixing_table": (RESULTS / "mixing.md").read_text().strip(),
+        "mixing_date": f"{data['date']}, commit {data['git']}",
+    }
 
 
 def loader_section() -> dict[str, str]:
@@ -198,7 +215,14 @@ def main() -> None:
     if not args.no_run:
         run_all(args.root_python)
     IMAGES.mkdir(parents=True, exist_ok=True)
-    fields = {**loader_section(), **remote_section(), **distributed_section(), **serve_section()}
+    fields = {
+        **defaults_section(),
+        **mixing_section(),
+        **loader_section(),
+        **remote_section(),
+        **distributed_section(),
+        **serve_section(),
+    }
     text = (HERE / "report_template.md").read_text().format(**fields)
     (DOCS / "benchmarks.md").write_text(text)
     print(f"wrote {DOCS / 'benchmarks.md'} and {IMAGES}/*.png")

@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["GRID", "Chunk", "SelectionIndex"]
+__all__ = ["DEFAULT_STEP_SIZE", "GRID", "Chunk", "SelectionIndex"]
 
 
 class Chunk(NamedTuple):
@@ -25,6 +25,9 @@ class Chunk(NamedTuple):
         return self.stop - self.start
 
 
+# Read granularity: about 100k events of a 35-branch NanoAOD-like selection, enough to keep
+# the decompression threads busy, small enough that reading and assembly overlap.
+DEFAULT_STEP_SIZE = "16 MB"
 GRID = 1024  # entries between the points where a selection records its running count
 
 

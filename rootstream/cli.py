@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rootstream import __version__
+from rootstream.chunks import DEFAULT_STEP_SIZE
 from rootstream.config import TOKEN_VARIABLE
 from rootstream.errors import RootStreamError
 
@@ -27,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     stats.add_argument("--features", nargs="+", required=True, help="branch names or expressions")
     stats.add_argument("--tree", default="Events", help="tree of files that name none")
     stats.add_argument("--cut", help="selection expression")
-    stats.add_argument("--step-size", default="100 MB", help="entries or memory per read")
+    stats.add_argument("--step-size", default=DEFAULT_STEP_SIZE, help="entries or memory per read")
     stats.add_argument("-o", "--output", required=True, help="JSON file to write")
     stats.add_argument(
         "--plot", metavar="DIR", help="also write a PNG histogram per feature, raw and normalized"

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from rootstream.chunks import DEFAULT_STEP_SIZE
 from rootstream.errors import ConfigError, close_matches
 
 __all__ = ["TASKS", "TOKEN_VARIABLE", "TrainConfig", "load_config"]
@@ -45,7 +46,7 @@ class TrainConfig:
     learning_rate: float = 1e-3
     workers: int = 0
     seed: int = 0
-    step_size: int | str = "100 MB"
+    step_size: int | str = DEFAULT_STEP_SIZE
     checkpoint_every: int = 100
     output: str = "train-output"
     upload: str | None = None

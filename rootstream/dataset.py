@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch.utils.data import IterableDataset
 
+from rootstream.chunks import DEFAULT_STEP_SIZE
 from rootstream.parallel import parallel_stats
 from rootstream.preprocess import NORMALIZATIONS, FeatureSpec, Spec, normalization
 from rootstream.reader import DEFAULT_RETRIES, DEFAULT_RETRY_WAIT, EventReader, Split
@@ -91,7 +92,7 @@ class RootIterableDataset(IterableDataset):
         batch_size: None yields single events; an int yields whole batches.
         shuffle: mix events across files and chunks; the order depends on (seed, epoch).
         seed: the seed of shuffling.
-        step_size: read granularity: entries (int) or memory (``"100 MB"``).
+        step_size: read granularity: entries (int) or memory (``"16 MB"``, the default).
         on_error: ``"raise"`` or ``"skip"`` unreadable chunks (listed in ``skipped``).
         groups: ``{group: [features]}``: one output tensor per group instead of ``"x"``.
         drop_last: in batch mode, drop the last incomplete batch of each worker.
@@ -124,12 +125,12 @@ class RootIterableDataset(IterableDataset):
         batch_size: int | None = None,
         shuffle: bool = False,
         seed: int = 0,
-        step_size: int | str = "100 MB",
+        step_size: int | str = DEFAULT_STEP_SIZE,
         on_error: str = "raise",
         *,
         groups: Mapping[str, Sequence[str]] | None = None,
         drop_last: bool = False,
-        shuffle_chunks: int = 4,
+        shuffle_chunks: int = 24,
         nonfinite: str | float = "raise",
         task: str | None = None,
         even_batches: bool | None = None,

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from rootstream.chunks import DEFAULT_STEP_SIZE
 from rootstream.reader import DEFAULT_RETRIES, DEFAULT_RETRY_WAIT, EventReader
 from rootstream.stats import (
     ChunkStats,
@@ -98,7 +99,7 @@ def compute_stats(
     *,
     tree: str = "Events",
     cut: str | None = None,
-    step_size: int | str = "100 MB",
+    step_size: int | str = DEFAULT_STEP_SIZE,
     nonfinite: str | float = "raise",
     num_workers: int = 0,
     multiprocessing_context: str | BaseContext | None = None,

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import numpy as np
 from tqdm import tqdm
 
-from rootstream.chunks import SelectionIndex
+from rootstream.chunks import DEFAULT_STEP_SIZE, SelectionIndex
 from rootstream.errors import (
     ChunkReadError,
     NonFiniteValueError,
@@ -70,6 +70,15 @@ class Block:
     def __len__(self) -> int:
         return len(next(iter(self.columns.values())))
 
+    def take(self, index: np.ndarray) -> Block:
+        """Events ``index`` of the block, in that order (a copy)."""
+        sources: list[tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]] = []
+        return Block(
+            columns={k: take_rows(c, index, sources) for k, c in self.columns.items()},
+            y=None if self.y is None else self.y[index],
+            w=None if self.w is None else self.w[index],
+        )
+
     def rows(self, first: int, stop: int | None) -> Block:
         """Events ``[first, stop)`` of the block (views, no copy)."""
         if first == 0 and (stop is None or stop >= len(self)):
@@ -102,6 +111,34 @@ def concatenate_columns(columns: Sequence[Column]) -> Column:
         c.offsets[1:] + shift for c, shift in zip(columns, shifts, strict=True)
     ]
     return Jagged(np.concatenate(offsets), np.concatenate([c.content for c in columns]))
+
+
+def take_rows(
+    column: Column,
+    index: np.ndarray,
+    known: list[tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]] | None = None,
+) -> Column:
+    """Events ``index`` of a column, in that order. ``known`` remembers, across the jagged
+    columns of one collection (equal offsets), which content elements the events hold."""
+    if not isinstance(column, Jagged):
+        return column[index]
+    known = [] if known is None else known
+    found = next((s for o, s in known if o is column.offsets), None)
+    if found is None:
+        found = next((s for o, s in known if _equal(o, column.offsets)), None)
+    if found is None:
+        counts = column.counts[index]
+        offsets = np.zeros(len(index) + 1, dtype=np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        shift = np.repeat(column.offsets[:-1][index] - offsets[:-1], counts)
+        found = (offsets, shift + np.arange(offsets[-1], dtype=np.int64))
+        known.append((column.offsets, found))
+    offsets, source = found
+    return Jagged(offsets, column.content[source])
+
+
+def _equal(a: np.ndarray, b: np.ndarray) -> bool:
+    return len(a) == len(b) and bool(np.array_equal(a, b))
 
 
 def slice_rows(column: Column, first: int, stop: int | None) -> Column:
@@ -195,7 +232,7 @@ class EventReader:
         label: str | None = None,
         weight: str | None = None,
         cut: str | None = None,
-        step_size: int | str = "100 MB",
+        step_size: int | str = DEFAULT_STEP_SIZE,
         nonfinite: str | float = "raise",
         task: str | None = None,
         split: Split | None = None,

@@ -27,6 +27,7 @@ __all__ = ["MIN_PIECE", "EpochStream", "StreamOptions", "fresh_position"]
 # window / MIN_PIECE chunks (or clusters, when the files' clusters are larger).
 MIN_PIECE = 16_384
 Arrays = dict[str, np.ndarray]
+Tensors = dict[str, torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -102,11 +103,14 @@ class EpochStream:
         return min(max(MIN_PIECE, int(np.median(clusters))), mean_chunk)
 
     # ----------------------------------------------------------------- reading
-    def _read(self, windows: list[list[Piece]]) -> Iterator[tuple[Arrays, np.ndarray]]:
-        """Yield each window's arrays and the order of its events not yet consumed.
+    def _read(self, windows: list[list[Piece]]) -> Iterator[tuple[Tensors, int]]:
+        """Yield each window's tensors, rows in yielding order, and how many to skip.
 
-        Windows wholly consumed before a resume are not read again; the next window is read
-        in a background thread while this one is preprocessed.
+        A shuffled window's events are put in their (seed, epoch, shard, window) order
+        before assembly, so batches are slices of the window's tensors (no copies; across
+        processes, one shared storage per window). Windows wholly consumed before a resume
+        are not read again; the next window is read in a background thread while this one
+        is assembled.
         """
         sizes, consumed = self.position["window_sizes"], self.position["consumed"]
         first, done = 0, 0
@@ -115,8 +119,8 @@ class EpochStream:
             first += 1
         blocks = prefetch(self._blocks(windows[first:]))
         for index, window_blocks in enumerate(blocks, start=first):
-            arrays = self._assemble(window_blocks)
-            n = len(next(iter(arrays.values())))
+            block = concatenate(window_blocks) if window_blocks else None
+            n = 0 if block is None else len(block)
             if index == len(sizes):
                 sizes.append(n)
             order = event_order(
@@ -127,8 +131,10 @@ class EpochStream:
                 shard=self.shard.index,
                 window=index,
             )
-            order = np.arange(n) if order is None else order
-            yield arrays, order[max(0, consumed - done) :]
+            if block is not None and order is not None:
+                block = block.take(order)
+            arrays = _empty_arrays(self.spec, self.reader) if block is None else self._arrays(block)
+            yield {k: torch.from_numpy(v) for k, v in arrays.items()}, max(0, consumed - done)
             done += n
 
     def _blocks(self, windows: list[list[Piece]]) -> Iterator[list[Block]]:
@@ -143,28 +149,30 @@ class EpochStream:
                         blocks.append(block.rows(first, stop))
                 yield blocks
 
-    def _assemble(self, blocks: list[Block]) -> Arrays:
-        """Model inputs, labels and weights of a window's blocks, in one set of arrays."""
-        if not blocks:
-            return _empty_arrays(self.spec, self.reader)
-        return _arrays_of(self.spec, concatenate(blocks))
+    def _arrays(self, block: Block) -> Arrays:
+        """Model inputs, labels and weights of a block's events."""
+        arrays = assemble(self.spec, block.columns)
+        if block.y is not None:
+            arrays["y"] = block.y
+        if block.w is not None:
+            arrays["w"] = block.w
+        return arrays
 
     # ----------------------------------------------------------------- yielding
-    def _events(self, windows: Iterator[tuple[Arrays, np.ndarray]]) -> Iterator[dict]:
-        for arrays, order in windows:
-            tensors = {k: torch.from_numpy(v) for k, v in arrays.items()}
-            for i in order.tolist():
+    def _events(self, windows: Iterator[tuple[Tensors, int]]) -> Iterator[dict]:
+        for tensors, skip in windows:
+            for i in range(skip, len(next(iter(tensors.values())))):
                 self.position["consumed"] += 1
                 yield {k: t[i] for k, t in tensors.items()}
 
-    def _batches(self, windows: Iterator[tuple[Arrays, np.ndarray]], size: int) -> Iterator[dict]:
-        pending: list[Arrays] = []
+    def _batches(self, windows: Iterator[tuple[Tensors, int]], size: int) -> Iterator[dict]:
+        pending: list[Tensors] = []
         num_pending = 0
-        for arrays, order in windows:
-            start = 0
-            while start < len(order):
-                take = min(size - num_pending, len(order) - start)
-                pending.append(_take(arrays, order[start : start + take], not self.options.shuffle))
+        for tensors, skip in windows:
+            start, n = skip, len(next(iter(tensors.values())))
+            while start < n:
+                take = min(size - num_pending, n - start)
+                pending.append({k: t[start : start + take] for k, t in tensors.items()})
                 num_pending += take
                 start += take
                 if num_pending == size:
@@ -173,31 +181,11 @@ class EpochStream:
         if pending and not self.options.drop_last:
             yield self._emit(pending, num_pending)
 
-    def _emit(self, pending: list[Arrays], n: int) -> dict[str, torch.Tensor]:
+    def _emit(self, pending: list[Tensors], n: int) -> Tensors:
         self.position["consumed"] += n
-        batch = (
-            pending[0]
-            if len(pending) == 1
-            else {k: np.concatenate([p[k] for p in pending]) for k in pending[0]}
-        )
-        return {k: torch.from_numpy(v) for k, v in batch.items()}
-
-
-def _arrays_of(spec: Spec, block: Block) -> Arrays:
-    arrays = assemble(spec, block.columns)
-    if block.y is not None:
-        arrays["y"] = block.y
-    if block.w is not None:
-        arrays["w"] = block.w
-    return arrays
-
-
-def _take(arrays: Arrays, index: np.ndarray, contiguous: bool) -> Arrays:
-    """Rows ``index`` of every array; a contiguous run is sliced without copying."""
-    if contiguous and len(index):
-        rows = slice(int(index[0]), int(index[-1]) + 1)
-        return {k: v[rows] for k, v in arrays.items()}
-    return {k: v[index] for k, v in arrays.items()}
+        if len(pending) == 1:
+            return pending[0]
+        return {k: torch.cat([p[k] for p in pending]) for k in pending[0]}
 
 
 def _empty_arrays(spec: Spec, reader: EventReader) -> Arrays:

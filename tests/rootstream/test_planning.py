@@ -31,5 +31,7 @@ def test_memory_step_size_without_recorded_byte_counts_plans_from_basket_headers
     planned = reader.infos[0].entries_per_step
     assert 0.8 * expected < planned < 1.25 * expected, (planned, expected, recorded)
     assert len(reader.chunks) < 60_000 / 1000  # never one entry per chunk
-    ds = RootIterableDataset(path, FEATURES, step_size="500 kB", cut="MET_pt > 20", batch_size=10**6)
+    ds = RootIterableDataset(
+        path, FEATURES, step_size="500 kB", cut="MET_pt > 20", batch_size=10**6
+    )
     assert len(next(iter(ds))["x"]) == ds.stats.count["MET_pt"]

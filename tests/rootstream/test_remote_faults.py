@@ -61,7 +61,8 @@ def test_server_restart_mid_epoch_loses_and_repeats_no_event(
     caplog: pytest.LogCaptureFixture,
     shuffle: bool,
 ) -> None:
-    ds = dataset(served, shuffle=shuffle, retries=8, retry_wait=0.1)
+    # small windows, so that most of the epoch is still to be read when the server stops
+    ds = dataset(served, shuffle=shuffle, retries=8, retry_wait=0.1, shuffle_chunks=2)
     stream = iter(ds)
     batches = [next(stream)]  # reading has begun: open handles break with the server
     own_xrootd.stop()
