@@ -55,8 +55,8 @@ def _parser() -> argparse.ArgumentParser:
         "name",
         nargs="?",
         default="loader",
-        help="loader (default), remote, distributed, serve, or report (all, then "
-        "docs/benchmarks.md)",
+        help="loader (default), defaults, mixing, remote, distributed, serve, or report "
+        "(all, then docs/benchmarks.md)",
     )
     _add_train(commands)
     return parser
