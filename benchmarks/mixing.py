@@ -8,7 +8,7 @@ shuffle's ideal ``sqrt(p (1 - p) / B * (N - B) / (N - 1))``; a ratio near 1 is a
 shuffle's mixing. Samples:
 
 - ``two trees``: 10k + 10k generated events (default step size);
-- ``one big file per class``: 1M + 1M generated events (default step size, 2 chunks each);
+- ``one big file per class``: 1M + 1M generated events (default step size);
 - ``real files``: scikit-hep-testdata's HZZ file labelled 1 and its LZ4 copy labelled 0;
 - ``many small chunks``: the big files read with ``step_size=20_000`` (100 chunks), where a
   window can draw from only a few chunks at once: the worst case, stated next to the best.
@@ -31,6 +31,7 @@ from loader import DATA, run_header, write_results  # benchmarks/ is on sys.path
 from torch.utils.data import DataLoader
 
 from rootstream import RootIterableDataset, synthetic
+from rootstream.chunks import DEFAULT_STEP_SIZE
 
 BATCH = 128
 EPOCHS = 3
@@ -64,13 +65,13 @@ def samples(big_events: int) -> dict[str, tuple[dict[str, int], list[str], objec
         f"{skhep_testdata.data_path('uproot-HZZ-lz4.root')}:events": 0,
     }
     return {
-        "two trees (10k + 10k)": (two, FEATURES, "100 MB"),
+        "two trees (10k + 10k)": (two, FEATURES, DEFAULT_STEP_SIZE),
         f"one big file per class ({big_events // 1000}k + {big_events // 1000}k)": (
             big,
             FEATURES,
-            "100 MB",
+            DEFAULT_STEP_SIZE,
         ),
-        "real files (HZZ, 2421 + 2421)": (real, ["MET_px", "Jet_Px"], "100 MB"),
+        "real files (HZZ, 2421 + 2421)": (real, ["MET_px", "Jet_Px"], DEFAULT_STEP_SIZE),
         f"many small chunks (big files, step {big_events // 50:,})": (
             big,
             FEATURES,
@@ -149,7 +150,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=1_000_000, help="events per big file")
     args = parser.parse_args()
-    args.repeat, args.step_size = 1, "100 MB"
+    args.repeat, args.step_size = 1, DEFAULT_STEP_SIZE
     rows = measure(args.events)
     header = run_header(Path("mixing-*.root"), args, epochs=EPOCHS, mixing_batch_size=BATCH)
     write_results("mixing", {**header, "rows": rows}, markdown(rows))
