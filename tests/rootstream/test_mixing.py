@@ -157,7 +157,9 @@ def test_training_through_workers_matches_training_on_events_shuffled_in_memory(
     training_sample,
 ):
     features = branch_names(jagged=False)
-    whole = RootIterableDataset(training_sample, features, batch_size=BATCH, shuffle=True)
+    whole = RootIterableDataset(  # full batches only: BatchNorm needs more than one event
+        training_sample, features, batch_size=BATCH, shuffle=True, drop_last=True
+    )
     train, val = whole.train_test_split(test_size=0.25, seed=1)
     validation = everything(val)
 
@@ -171,7 +173,8 @@ def test_training_through_workers_matches_training_on_events_shuffled_in_memory(
     def from_memory(epoch):
         order = torch.randperm(len(events["y"]), generator=torch.Generator().manual_seed(epoch))
         for rows in order.split(BATCH):
-            yield events["x"][rows], events["y"][rows]
+            if len(rows) == BATCH:
+                yield events["x"][rows], events["y"][rows]
 
     through_loader = train_auc(from_loader, validation, len(features))
     in_memory = train_auc(from_memory, validation, len(features))
@@ -181,5 +184,5 @@ def test_training_through_workers_matches_training_on_events_shuffled_in_memory(
 def everything(ds: RootIterableDataset) -> dict[str, torch.Tensor]:
     """Every event of a dataset in file order, as one batch."""
     ordered = copy.copy(ds)
-    ordered.shuffle, ordered.batch_size = False, 10**9
+    ordered.shuffle, ordered.batch_size, ordered.drop_last = False, 10**9, False
     return next(iter(ordered))
