@@ -32,6 +32,7 @@ __all__ = [
     "normalization",
     "pad",
     "placement",
+    "same_offsets",
 ]
 
 SPEC_VERSION = 1
@@ -281,7 +282,7 @@ def _columns_by_placement(
             flat.append(_normalized(column, f.center, f.scale))
         else:
             group = next(
-                (c for c in collections if c[1] == f.length and _same(c[3], column.offsets)),
+                (c for c in collections if c[1] == f.length and same_offsets(c[3], column.offsets)),
                 None,
             )
             if group is None:
@@ -306,7 +307,8 @@ def _as_slice(indices: list[int]) -> list[int] | slice:
     return indices
 
 
-def _same(a: np.ndarray, b: np.ndarray) -> bool:
+def same_offsets(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two jagged columns have the same offsets (one collection's branches)."""
     return a is b or (len(a) == len(b) and np.array_equal(a, b))
 
 
@@ -320,7 +322,7 @@ def _assemble_group(
     where = placement(first.offsets, length, length * len(features), len(features))
     for c, f in enumerate(features):
         column = columns[f.name]
-        if not _same(column.offsets, first.offsets):
+        if not same_offsets(column.offsets, first.offsets):
             raise ValueError(
                 f"group {group!r}: {f.name!r} and {features[0].name!r} have different numbers of "
                 "elements in some events; a group must hold branches of one collection"

@@ -25,7 +25,7 @@ from rootstream.errors import (
     NonFiniteValueError,
     UnsupportedBranchError,
 )
-from rootstream.preprocess import Column, Jagged
+from rootstream.preprocess import Column, Jagged, same_offsets
 from rootstream.shuffle import is_held_out
 from rootstream.sources import (
     Chunk,
@@ -123,9 +123,7 @@ def take_rows(
     if not isinstance(column, Jagged):
         return column[index]
     known = [] if known is None else known
-    found = next((s for o, s in known if o is column.offsets), None)
-    if found is None:
-        found = next((s for o, s in known if _equal(o, column.offsets)), None)
+    found = next((s for o, s in known if same_offsets(o, column.offsets)), None)
     if found is None:
         counts = column.counts[index]
         offsets = np.zeros(len(index) + 1, dtype=np.int64)
@@ -135,10 +133,6 @@ def take_rows(
         known.append((column.offsets, found))
     offsets, source = found
     return Jagged(offsets, column.content[source])
-
-
-def _equal(a: np.ndarray, b: np.ndarray) -> bool:
-    return len(a) == len(b) and bool(np.array_equal(a, b))
 
 
 def slice_rows(column: Column, first: int, stop: int | None) -> Column:
