@@ -71,11 +71,12 @@ def sample(values: str, codec: str, num_events: int) -> Path:
     return path
 
 
-def dataset(path: Path, **options) -> RootIterableDataset:
+def dataset(path: Path, *, source: str | None = None, **options) -> RootIterableDataset:
+    """The default-settings dataset over ``path`` (or ``source``, a URL of a copy of it)."""
     stats = Stats.load(path.with_suffix(".stats.json"))
     return RootIterableDataset(
-        str(path), BRANCHES, tree=TREE, max_length=MAX_LENGTH, batch_size=BATCH_SIZE,
-        stats=stats, **options,
+        source or str(path), BRANCHES, tree=TREE, max_length=MAX_LENGTH, batch_size=BATCH_SIZE,
+        stats=stats if source is None else stats.unbound(), **options,
     )  # fmt: skip
 
 

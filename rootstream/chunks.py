@@ -4,12 +4,13 @@ No uproot here, so that pure code can use it."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["DEFAULT_STEP_SIZE", "GRID", "Chunk", "SelectionIndex"]
+__all__ = ["DEFAULT_STEP_SIZE", "GRID", "Chunk", "SelectionIndex", "memory_size"]
 
 
 class Chunk(NamedTuple):
@@ -29,6 +30,23 @@ class Chunk(NamedTuple):
 # the decompression threads busy, small enough that reading and assembly overlap.
 DEFAULT_STEP_SIZE = "16 MB"
 GRID = 1024  # entries between the points where a selection records its running count
+_MEMORY_SIZE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgt]?)(i?)b\s*", re.IGNORECASE)
+
+
+def memory_size(
+    text: str, *, argument: str = "step_size", other: str = "a number of entries"
+) -> int:
+    """Bytes in ``"100 MB"`` (powers of 1000) or ``"64 MiB"`` (powers of 1024), as in uproot.
+
+    ``argument`` and ``other`` (what else it may be) word the error of a malformed size.
+    """
+    match = _MEMORY_SIZE.fullmatch(text)
+    if not match:
+        raise ValueError(
+            f"{argument} must be {other} or a memory size such as '100 MB', not {text!r}"
+        )
+    power = "kmgt".find(match[2].lower()) + 1 if match[2] else 0
+    return int(float(match[1]) * (1024 if match[3] else 1000) ** power)
 
 
 class SelectionIndex:

@@ -59,7 +59,36 @@ def _parser() -> argparse.ArgumentParser:
         "(all, then docs/benchmarks.md)",
     )
     _add_train(commands)
+    _add_cache(commands)
     return parser
+
+
+def _add_cache(commands: argparse._SubParsersAction) -> None:
+    cache = commands.add_parser(
+        "cache", help="show or clear a decoded-chunk cache directory (cache= of the dataset)"
+    )
+    actions = cache.add_subparsers(dest="action", required=True, metavar="ACTION")
+    info = actions.add_parser("info", help="size, entries and files of a cache directory")
+    info.add_argument("directory", help="the cache directory")
+    clear = actions.add_parser("clear", help="delete the entries of a cache directory")
+    clear.add_argument("directory", help="the cache directory")
+    clear.add_argument("--file", help="only the entries read from this path or URL")
+
+
+def _cache(args: argparse.Namespace) -> None:
+    from rootstream.cache import clear_cache, summarize_cache
+
+    if args.action == "clear":
+        freed = clear_cache(args.directory, file=args.file)
+        print(f"deleted {freed / 1e6:,.1f} MB from {args.directory}")
+        return
+    summary = summarize_cache(args.directory)
+    print(
+        f"{summary.directory}: {summary.num_bytes / 1e6:,.1f} MB in "
+        f"{summary.num_entries} entries of {len(summary.files)} file(s)"
+    )
+    for source, size in sorted(summary.files.items()):
+        print(f"  {size / 1e6:10,.1f} MB  {source}")
 
 
 def _add_train(commands: argparse._SubParsersAction) -> None:
@@ -177,7 +206,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve(argv[1:])
     args = _parser().parse_args(argv)
     try:
-        {"stats": _stats, "inspect": _inspect, "bench": _bench, "train": _train}[args.command](args)
+        commands = {
+            "stats": _stats,
+            "inspect": _inspect,
+            "bench": _bench,
+            "train": _train,
+            "cache": _cache,
+        }
+        commands[args.command](args)
     except BrokenPipeError:  # the output was cut short (| head): nothing to report
         return 0
     except (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import logging
 import os
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -12,6 +13,7 @@ from typing import Any
 import torch
 from torch.utils.data import IterableDataset
 
+from rootstream.cache import DEFAULT_CACHE_LIMIT, open_cache
 from rootstream.chunks import DEFAULT_STEP_SIZE
 from rootstream.parallel import parallel_stats
 from rootstream.preprocess import NORMALIZATIONS, FeatureSpec, Spec, normalization
@@ -22,6 +24,7 @@ from rootstream.world import rank_and_world_size, shard_of_this_process
 
 __all__ = ["DEFAULT_LENGTH_QUANTILE", "RootIterableDataset"]
 
+logger = logging.getLogger("rootstream")
 DEFAULT_LENGTH_QUANTILE = 0.95
 STATE_VERSION = 2
 
@@ -109,6 +112,12 @@ class RootIterableDataset(IterableDataset):
         retries: how many times a transient failure (connection refused or reset, timeout,
             server restart) is retried: the file is reopened and the same chunk read again.
         retry_wait: seconds before the first retry, doubled before each next one.
+        cache: a directory where decoded chunks are kept, so that later epochs (and other
+            datasets and jobs over the same files and branches) read and decompress
+            nothing; None takes ``$ROOTSTREAM_CACHE`` (no cache when unset), False none.
+            See docs/dataset.md, "The decoded-chunk cache".
+        cache_limit: the most the cache directory may hold (bytes or ``"50 GB"``); the
+            least recently used chunks are deleted beyond it.
     """
 
     def __init__(
@@ -136,6 +145,8 @@ class RootIterableDataset(IterableDataset):
         even_batches: bool | None = None,
         retries: int = DEFAULT_RETRIES,
         retry_wait: float = DEFAULT_RETRY_WAIT,
+        cache: str | os.PathLike | bool | None = None,
+        cache_limit: int | str = DEFAULT_CACHE_LIMIT,
     ) -> None:
         super().__init__()
         if on_error not in ("raise", "skip"):
@@ -157,6 +168,7 @@ class RootIterableDataset(IterableDataset):
             task=task,
             retries=retries,
             retry_wait=retry_wait,
+            cache=open_cache(cache, cache_limit),
         )
         self._groups = groups
         self._max_length = max_length
@@ -329,8 +341,31 @@ class RootIterableDataset(IterableDataset):
         return self._reporting(iter(self._stream))
 
     def _reporting(self, items: Iterator[dict[str, torch.Tensor]]) -> Iterator[dict]:
+        counts = list(self._reader.cache_counts)
         yield from items
         self._report_skipped()
+        self._log_epoch(counts)
+
+    def _log_epoch(self, cache_counts_before: list[int]) -> None:
+        """One INFO line on the ``rootstream`` logger per finished stream, with the cache's
+        hit rate when there is a cache."""
+        position = self._stream.position if self._stream is not None else {}
+        line = (
+            f"epoch {position.get('epoch')} done: {position.get('consumed')} events "
+            f"(shard {position.get('shard')} of {position.get('num_shards')})"
+        )
+        cache = self._reader.cache
+        if cache is not None:
+            hits, misses = (
+                now - before
+                for now, before in zip(self._reader.cache_counts, cache_counts_before, strict=True)
+            )
+            rate = hits / max(1, hits + misses)
+            line += (
+                f"; cache {cache.directory}: {hits} of {hits + misses} chunk reads "
+                f"from the cache ({rate:.0%})"
+            )
+        logger.info(line)
 
     def _stream_options(self) -> StreamOptions:
         return StreamOptions(

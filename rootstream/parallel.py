@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from multiprocessing.context import BaseContext
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from rootstream.cache import DEFAULT_CACHE_LIMIT, open_cache
 from rootstream.chunks import DEFAULT_STEP_SIZE
 from rootstream.reader import DEFAULT_RETRIES, DEFAULT_RETRY_WAIT, EventReader
 from rootstream.stats import (
@@ -106,6 +108,8 @@ def compute_stats(
     progress: bool | None = None,
     retries: int = DEFAULT_RETRIES,
     retry_wait: float = DEFAULT_RETRY_WAIT,
+    cache: str | os.PathLike | bool | None = None,
+    cache_limit: int | str = DEFAULT_CACHE_LIMIT,
 ) -> Stats:
     """Compute the statistics of ``features`` over every event of ``files`` passing ``cut``.
 
@@ -122,6 +126,8 @@ def compute_stats(
             Use ``"spawn"`` over ``root://`` (see docs/remote.md). Used only with
             ``num_workers > 0``.
         progress: show a progress bar (None: only on a terminal).
+        cache, cache_limit: a decoded-chunk cache that the pass fills, so that a dataset
+            over the same files, features, cut and step size starts with every chunk cached.
 
     Returns:
         The statistics, bound to the data's fingerprint (see :class:`~rootstream.Stats`).
@@ -135,6 +141,7 @@ def compute_stats(
         nonfinite=nonfinite,
         retries=retries,
         retry_wait=retry_wait,
+        cache=open_cache(cache, cache_limit),
     )
     return parallel_stats(
         reader,

@@ -9,9 +9,10 @@ duplicated.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -19,13 +20,15 @@ from typing import Any, TypeVar
 import numpy as np
 from tqdm import tqdm
 
+from rootstream.cache import CacheKey, ChunkCache
 from rootstream.chunks import DEFAULT_STEP_SIZE, SelectionIndex
+from rootstream.cpus import available_cpus
 from rootstream.errors import (
     ChunkReadError,
     NonFiniteValueError,
     UnsupportedBranchError,
 )
-from rootstream.preprocess import Column, Jagged, same_offsets
+from rootstream.preprocess import Column, Jagged
 from rootstream.shuffle import is_held_out
 from rootstream.sources import (
     Chunk,
@@ -40,7 +43,7 @@ from rootstream.sources import (
     read_columns,
 )
 
-__all__ = ["Block", "EventReader", "Split", "TreeCache", "concatenate"]
+__all__ = ["Block", "EventReader", "Split", "TreeCache"]
 
 TASKS = ("binary", "multiclass", "regression")
 DEFAULT_RETRIES = 5
@@ -70,15 +73,6 @@ class Block:
     def __len__(self) -> int:
         return len(next(iter(self.columns.values())))
 
-    def take(self, index: np.ndarray) -> Block:
-        """Events ``index`` of the block, in that order (a copy)."""
-        sources: list[tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]] = []
-        return Block(
-            columns={k: take_rows(c, index, sources) for k, c in self.columns.items()},
-            y=None if self.y is None else self.y[index],
-            w=None if self.w is None else self.w[index],
-        )
-
     def rows(self, first: int, stop: int | None) -> Block:
         """Events ``[first, stop)`` of the block (views, no copy)."""
         if first == 0 and (stop is None or stop >= len(self)):
@@ -88,51 +82,6 @@ class Block:
             y=None if self.y is None else self.y[first:stop],
             w=None if self.w is None else self.w[first:stop],
         )
-
-
-def concatenate(blocks: Sequence[Block]) -> Block:
-    """One block of the events of ``blocks``, in order (the blocks themselves if only one)."""
-    if len(blocks) == 1:
-        return blocks[0]
-    first = blocks[0]
-    return Block(
-        columns={k: concatenate_columns([b.columns[k] for b in blocks]) for k in first.columns},
-        y=None if first.y is None else np.concatenate([b.y for b in blocks]),
-        w=None if first.w is None else np.concatenate([b.w for b in blocks]),
-    )
-
-
-def concatenate_columns(columns: Sequence[Column]) -> Column:
-    """The events of several columns of one feature, in order."""
-    if not isinstance(columns[0], Jagged):
-        return np.concatenate(columns)
-    shifts = np.cumsum([0] + [c.offsets[-1] for c in columns[:-1]])
-    offsets = [columns[0].offsets[:1]] + [
-        c.offsets[1:] + shift for c, shift in zip(columns, shifts, strict=True)
-    ]
-    return Jagged(np.concatenate(offsets), np.concatenate([c.content for c in columns]))
-
-
-def take_rows(
-    column: Column,
-    index: np.ndarray,
-    known: list[tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]] | None = None,
-) -> Column:
-    """Events ``index`` of a column, in that order. ``known`` remembers, across the jagged
-    columns of one collection (equal offsets), which content elements the events hold."""
-    if not isinstance(column, Jagged):
-        return column[index]
-    known = [] if known is None else known
-    found = next((s for o, s in known if same_offsets(o, column.offsets)), None)
-    if found is None:
-        counts = column.counts[index]
-        offsets = np.zeros(len(index) + 1, dtype=np.int64)
-        np.cumsum(counts, out=offsets[1:])
-        shift = np.repeat(column.offsets[:-1][index] - offsets[:-1], counts)
-        found = (offsets, shift + np.arange(offsets[-1], dtype=np.int64))
-        known.append((column.offsets, found))
-    offsets, source = found
-    return Jagged(offsets, column.content[source])
 
 
 def slice_rows(column: Column, first: int, stop: int | None) -> Column:
@@ -232,6 +181,7 @@ class EventReader:
         split: Split | None = None,
         retries: int = DEFAULT_RETRIES,
         retry_wait: float = DEFAULT_RETRY_WAIT,
+        cache: ChunkCache | None = None,
     ) -> None:
         if isinstance(features, str) or not features:
             raise TypeError("features must be a non-empty list of branch names or expressions")
@@ -267,21 +217,30 @@ class EventReader:
             raise ValueError(f"task must be one of {TASKS}, not {self.task!r}")
         self.label_names = _label_names(file_labels)
         self.chunks = plan_chunks(self.infos)
+        self._chunk_starts = [(c.source, c.start) for c in self.chunks]
+        self.cache = cache
+        self.cache_counts = [0, 0]  # chunks read from the cache, chunks read from the source
 
     def _inspect(self, step_size: int | str) -> tuple[dict[str, Column], list]:
         infos, probe = [], None
         for source in self.sources:
-            with TreeCache([source]) as trees:
+            threads = available_cpus() if probe is None else 1
+            with TreeCache([source], threads=threads) as trees:
                 info = self._with_retries(
                     trees,
                     0,
                     "the tree's metadata",
-                    lambda tree: inspect_source(tree, self.expressions, step_size),
+                    lambda tree: inspect_source(
+                        tree, self.expressions, step_size, planned=self.features
+                    ),
                 )
                 infos.append(info)
                 if probe is None:
                     probe = self._with_retries(
-                        trees, 0, "entry 0", lambda tree: probe_columns(tree, self.expressions)
+                        trees,
+                        0,
+                        "entry 0",
+                        lambda tree: probe_columns(tree, self.expressions, executor=trees.executor),
                     )
         return probe, infos
 
@@ -366,6 +325,56 @@ class EventReader:
         expressions: Sequence[str],
         skipped: list[dict[str, Any]] | None,
     ) -> dict[str, Column] | None:
+        """The columns of a chunk's entries: from the cache when it holds them, else read.
+
+        With a cache, what is read from the source is the whole chunk of the plan that
+        holds the entries asked for, and it is stored whole (so an unreadable chunk is
+        skipped whole too); without one, just the entries asked for.
+        """
+        if self.cache is None:
+            return self._read_source(chunk, trees, expressions, skipped)
+        whole = self._plan_chunk_of(chunk)
+        keys = {e: self._cache_key(whole, e) for e in expressions}
+        columns = {e: self.cache.load(key) for e, key in keys.items()}
+        missing = [e for e, column in columns.items() if column is None]
+        self.cache_counts[bool(missing)] += 1
+        if missing:
+            read = self._read_source(whole, trees, missing, skipped)
+            if read is None:
+                return None
+            path = self.sources[whole.source].path
+            for expression, column in read.items():
+                self.cache.store(keys[expression], column, source=path)
+            columns.update(read)
+        first, stop = chunk.start - whole.start, chunk.stop - whole.start
+        return {e: slice_rows(c, first, stop) for e, c in columns.items()}
+
+    def num_uncached(self, indices: Iterable[int]) -> int:
+        """How many of these chunks of the plan the cache lacks (all of them without one)."""
+        chunks = [self.chunks[i] for i in set(indices)]
+        if self.cache is None:
+            return len(chunks)
+        return sum(
+            not all(self.cache.holds(self._cache_key(c, e)) for e in self.expressions)
+            for c in chunks
+        )
+
+    def _plan_chunk_of(self, chunk: Chunk) -> Chunk:
+        index = bisect.bisect_right(self._chunk_starts, (chunk.source, chunk.start)) - 1
+        return self.chunks[index]
+
+    def _cache_key(self, chunk: Chunk, expression: str) -> CacheKey:
+        uuid, tree = self.infos[chunk.source].uuid, self.sources[chunk.source].tree
+        return CacheKey(uuid, tree, chunk.start, chunk.stop, expression)
+
+    def _read_source(
+        self,
+        chunk: Chunk,
+        trees: TreeCache,
+        expressions: Sequence[str],
+        skipped: list[dict[str, Any]] | None,
+    ) -> dict[str, Column] | None:
+        """Read a chunk's entries from the source, with retries; see :meth:`read`."""
         source = self.sources[chunk.source]
         try:
             return self._with_retries(

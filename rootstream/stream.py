@@ -6,18 +6,22 @@ iterators never share one, and a dataset's ``state_dict()`` is that of its lates
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import get_worker_info
+from tqdm import tqdm
 
 from rootstream.chunks import SelectionIndex
 from rootstream.prefetch import prefetch
 from rootstream.preprocess import Jagged, Spec, assemble
-from rootstream.reader import Block, EventReader, TreeCache, concatenate
+from rootstream.reader import Block, EventReader, TreeCache
 from rootstream.shuffle import Piece, event_order, group_size, shard_windows
+from rootstream.stats import progress_bar
 from rootstream.world import Shard, cpus_of_this_process
 
 __all__ = ["MIN_PIECE", "EpochStream", "StreamOptions", "fresh_position"]
@@ -106,48 +110,89 @@ class EpochStream:
     def _read(self, windows: list[list[Piece]]) -> Iterator[tuple[Tensors, int]]:
         """Yield each window's tensors, rows in yielding order, and how many to skip.
 
-        A shuffled window's events are put in their (seed, epoch, shard, window) order
-        before assembly, so batches are slices of the window's tensors (no copies; across
-        processes, one shared storage per window). Windows wholly consumed before a resume
-        are not read again; the next window is read in a background thread while this one
-        is assembled.
+        Pieces are read in a background thread (up to a window ahead) and assembled here as
+        they arrive, so reading overlaps padding; a shuffled window's assembled rows are
+        copied straight to their (seed, epoch, shard, window) places, so batches are slices
+        of the window's tensors (no copies; across processes, one shared storage per
+        window). Windows wholly consumed before a resume are not read again.
         """
         sizes, consumed = self.position["window_sizes"], self.position["consumed"]
         first, done = 0, 0
         while first < len(sizes) and done + sizes[first] <= consumed:
             done += sizes[first]
             first += 1
-        blocks = prefetch(self._blocks(windows[first:]))
-        for index, window_blocks in enumerate(blocks, start=first):
-            block = concatenate(window_blocks) if window_blocks else None
-            n = 0 if block is None else len(block)
-            if index == len(sizes):
-                sizes.append(n)
-            order = event_order(
-                n,
-                shuffle=self.options.shuffle,
-                seed=self.options.seed,
-                epoch=self.position["epoch"],
-                shard=self.shard.index,
-                window=index,
-            )
-            if block is not None and order is not None:
-                block = block.take(order)
-            arrays = _empty_arrays(self.spec, self.reader) if block is None else self._arrays(block)
-            yield {k: torch.from_numpy(v) for k, v in arrays.items()}, max(0, consumed - done)
-            done += n
+        todo = windows[first:]
+        depth = max((len(w) for w in todo), default=1)
+        with contextlib.closing(prefetch(self._piece_blocks(todo), depth=depth)) as blocks:
+            for index, window in enumerate(todo, start=first):
+                tensors = self._window(window, blocks, index)
+                n = len(next(iter(tensors.values())))
+                if index == len(sizes):
+                    sizes.append(n)
+                yield tensors, max(0, consumed - done)
+                done += n
 
-    def _blocks(self, windows: list[list[Piece]]) -> Iterator[list[Block]]:
-        """Read the pieces of each window, skipping unreadable ones if asked."""
-        with TreeCache(self.reader.sources, threads=cpus_of_this_process()) as trees:
+    def _piece_blocks(self, windows: list[list[Piece]]) -> Iterator[Block | None]:
+        """The events of every piece of every window, in order (None: unreadable, skipped)."""
+        with (
+            TreeCache(self.reader.sources, threads=cpus_of_this_process()) as trees,
+            self._filling_bar(windows) as bar,
+        ):
             for window in windows:
-                blocks = []
                 for piece in window:
                     chunk, first, stop = self.selection.entries(*piece)
                     block = self.reader.read(chunk, trees, skipped=self.skipped)
-                    if block is not None:
-                        blocks.append(block.rows(first, stop))
-                yield blocks
+                    bar.update(piece.stop - piece.first)
+                    yield None if block is None else block.rows(first, stop)
+
+    def _filling_bar(self, windows: list[list[Piece]]) -> tqdm:
+        """A progress bar (on a terminal, in the main process) while a cache is being filled."""
+        cache = self.reader.cache
+        filling = (
+            cache is not None
+            and get_worker_info() is None
+            and self.reader.num_uncached(p.chunk for w in windows for p in w) > 0
+        )
+        total = sum(p.stop - p.first for w in windows for p in w)
+        desc = f"reading into the cache {cache.directory}" if filling else ""
+        return progress_bar(total, desc, None if filling else False)
+
+    def _window(self, window: list[Piece], blocks: Iterator[Block | None], index: int) -> Tensors:
+        """Assemble a window's pieces as they are read, each row in its yielding place."""
+        planned = sum(p.stop - p.first for p in window)
+        order = event_order(
+            planned,
+            shuffle=self.options.shuffle,
+            seed=self.options.seed,
+            epoch=self.position["epoch"],
+            shard=self.shard.index,
+            window=index,
+        )
+        places = None if order is None else _inverse(order)
+        out: Tensors | None = None
+        present = np.zeros(planned, dtype=bool)
+        offset = 0
+        for piece in window:
+            block, size = next(blocks), piece.stop - piece.first
+            if block is not None:
+                arrays = {k: torch.from_numpy(v) for k, v in self._arrays(block).items()}
+                if places is None and size == planned:
+                    return arrays  # one piece in file order: no copy
+                out = out if out is not None else _allocated(arrays, planned)
+                rows = (
+                    slice(offset, offset + size)
+                    if places is None
+                    else places[offset : offset + size]
+                )
+                _put(out, rows, arrays)
+                present[offset : offset + size] = True
+            offset += size
+        if out is None:
+            return _empty_tensors(self.spec, self.reader)
+        if not present.all():  # skipped pieces leave out their events
+            kept = torch.from_numpy(present if order is None else present[order])
+            out = {k: t[kept] for k, t in out.items()}
+        return out
 
     def _arrays(self, block: Block) -> Arrays:
         """Model inputs, labels and weights of a block's events."""
@@ -188,7 +233,27 @@ class EpochStream:
         return {k: torch.cat([p[k] for p in pending]) for k in pending[0]}
 
 
-def _empty_arrays(spec: Spec, reader: EventReader) -> Arrays:
+def _inverse(order: np.ndarray) -> torch.Tensor:
+    """Where each event goes: ``places[order[j]] == j``."""
+    places = np.empty_like(order)
+    places[order] = np.arange(len(order))
+    return torch.from_numpy(places)
+
+
+def _allocated(like: Tensors, num_rows: int) -> Tensors:
+    return {k: torch.empty((num_rows, *t.shape[1:]), dtype=t.dtype) for k, t in like.items()}
+
+
+def _put(out: Tensors, rows: slice | torch.Tensor, arrays: Tensors) -> None:
+    """Copy ``arrays``' rows to rows ``rows`` of ``out``."""
+    for k, t in arrays.items():
+        if isinstance(rows, slice):
+            out[k][rows] = t
+        else:
+            out[k].index_copy_(0, rows, t)
+
+
+def _empty_tensors(spec: Spec, reader: EventReader) -> Tensors:
     empty = {
         f: Jagged(np.zeros(1, np.int64), np.zeros(0)) if reader.jagged[f] else np.zeros(0)
         for f in reader.features
@@ -198,4 +263,4 @@ def _empty_arrays(spec: Spec, reader: EventReader) -> Arrays:
         arrays["y"] = np.zeros(0, np.int64 if reader.task == "multiclass" else np.float32)
     if reader.weight is not None:
         arrays["w"] = np.zeros(0, np.float32)
-    return arrays
+    return {k: torch.from_numpy(v) for k, v in arrays.items()}

@@ -8,6 +8,8 @@ from typing import NamedTuple
 import torch
 from torch.utils.data import get_worker_info
 
+from rootstream.cpus import available_cpus
+
 __all__ = [
     "Shard",
     "cpus_of_this_process",
@@ -48,7 +50,6 @@ def cpus_of_this_process() -> int:
     """This process's share of the node's CPUs: all of them, split over the DataLoader
     workers of this process's rank and over the ranks of this node (``LOCAL_WORLD_SIZE``,
     set by torchrun), so that threads of all of them together do not oversubscribe."""
-    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     info = get_worker_info()
     sharing = (info.num_workers if info else 1) * int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-    return max(1, (available or 1) // sharing)
+    return max(1, available_cpus() // sharing)

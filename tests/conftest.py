@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -10,6 +11,13 @@ import numpy as np
 import pytest
 import skhep_testdata
 import uproot
+
+try:  # rootstream decompresses zlib with ISA-L when installed (the fast-zlib extra)
+    from isal.isal_zlib import error as _isal_error
+
+    ZLIB_ERRORS: tuple[type[Exception], ...] = (zlib.error, _isal_error)
+except ImportError:
+    ZLIB_ERRORS = (zlib.error,)
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from rootstream import RootIterableDataset
+from rootstream.shuffle import event_order
 
 NUM_EVENTS = 1500
 
@@ -75,6 +76,23 @@ def test_order_depends_only_on_seed_and_epoch(files):
     )
     assert order(1, 0) != order(1, 1)
     assert order(1, 0) != order(2, 0)
+
+
+@pytest.mark.parametrize("epoch", [0, 5])
+def test_shuffled_windows_follow_the_plan_and_the_window_order(files, epoch):
+    """Each window yields its pieces' events (read in plan order) in event_order's order."""
+    ds = _at_epoch(dataset(files, batch_size=64, shuffle_chunks=3), epoch)
+    stream = iter(ds)
+    plan = ds._stream.plan()
+    starts = np.cumsum([0] + [c.num_entries for c in ds._selection.chunks])
+    expected = []
+    for index, window in enumerate(plan):
+        read = np.concatenate([starts[p.chunk] + np.arange(p.first, p.stop) for p in window])
+        order = event_order(len(read), shuffle=True, seed=7, epoch=epoch, shard=0, window=index)
+        expected += read[order].tolist()
+    assert len(plan) > 1  # several windows
+    assert max(len(w) for w in plan) > 1  # of several pieces
+    assert event_ids(stream) == expected
 
 
 def _at_epoch(ds, epoch):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,8 @@ from rootstream.errors import (
     TreeNotFoundError,
     UnsupportedBranchError,
 )
+
+from ..conftest import ZLIB_ERRORS
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -356,7 +357,7 @@ def corrupt(numbered: Callable[..., str]) -> str:
     with open(path, "r+b") as raw:
         raw.seek(seek + size // 2)  # inside the compressed data: decompression fails
         raw.write(b"\xff" * 16)
-    with uproot.open(path) as file, pytest.raises(zlib.error):
+    with uproot.open(path) as file, pytest.raises(ZLIB_ERRORS):
         file["Events"]["event"].array(entry_start=BAD_CHUNK[0], entry_stop=BAD_CHUNK[1])
     return path
 
@@ -366,7 +367,7 @@ def test_unreadable_chunk_raises_naming_file_tree_and_entries(corrupt: str) -> N
     with pytest.raises(ChunkReadError) as info:
         list(ds)
     assert isinstance(info.value, OSError)
-    assert isinstance(info.value.__cause__, zlib.error)
+    assert isinstance(info.value.__cause__, ZLIB_ERRORS)
     message = str(info.value)
     assert_names(message, corrupt, "Events")
     assert re.search(rf"\b{BAD_CHUNK[0]}\b.*\b{BAD_CHUNK[1]}\b", message), message

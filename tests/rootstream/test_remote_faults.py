@@ -9,7 +9,10 @@ reported with ``on_error="skip"``.
 from __future__ import annotations
 
 import logging
+import os
 import re
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -225,3 +228,46 @@ def test_missing_file_at_construction_is_input_file_not_found(
 ) -> None:
     with pytest.raises(InputFileNotFoundError, match=re.escape(own_xrootd.url("nope.root"))):
         dataset([*served, own_xrootd.url("nope.root")])
+
+
+FAIL_AFTER_STOP = """
+import sys, time
+from rootstream import RootIterableDataset
+from rootstream.errors import ChunkReadError
+ds = RootIterableDataset(sys.argv[1:], ["event"], normalize=None, batch_size=50, step_size=100)
+stream = iter(ds)
+next(stream)
+print("reading", flush=True)
+sys.stdin.readline()  # the server is stopped now
+start = time.monotonic()
+try:
+    list(stream)
+except ChunkReadError as err:
+    print(f"{time.monotonic() - start:.1f} s: {err}", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_a_stopped_server_fails_within_a_minute_at_default_settings(
+    own_xrootd: XRootDServer, served: list[str]
+) -> None:
+    """No test settings for the XRootD client here: a fresh process with rootstream's own."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XRD_")}
+    with subprocess.Popen(
+        [sys.executable, "-c", FAIL_AFTER_STOP, *served],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    ) as child:
+        try:
+            assert child.stdout.readline().strip() == "reading"
+            own_xrootd.stop()
+            child.stdin.write("\n")
+            child.stdin.flush()
+            out, _ = child.communicate(timeout=90)
+        finally:
+            child.kill()
+    seconds, _, message = out.partition(" s: ")
+    assert "cannot read entries" in message, out
+    assert float(seconds) < 60, out

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from rootstream import RootIterableDataset
+from rootstream.chunks import memory_size
 from rootstream.prefetch import prefetch
-from rootstream.sources import is_transient, memory_size, parse_files, split_tree
+from rootstream.sources import is_transient, parse_files, split_tree
 
 from .conftest import write_numbered
 
