@@ -24,7 +24,14 @@ IMAGES = DOCS / "img"
 
 def run_all(root_python: str | None) -> None:
     loader = ["loader.py", *(["--root-python", root_python] if root_python else [])]
-    scripts = (["defaults.py"], ["mixing.py"], loader, ["distributed.py"], ["remote.py"])
+    scripts = (
+        ["defaults.py"],
+        ["cache.py"],
+        ["mixing.py"],
+        loader,
+        ["distributed.py"],
+        ["remote.py"],
+    )
     for script in (*scripts, ["serve.py"]):
         print(f"== {' '.join(script)}", flush=True)
         subprocess.run([sys.executable, *script], cwd=HERE, check=True)
@@ -56,20 +63,28 @@ def bars(path: Path, labels: list[str], values: list[float], title: str, unit: s
     return f"![{title}](img/{path.name})"
 
 
-def defaults_section() -> dict[str, str]:
-    data = load("defaults")
+def markdown_section(name: str) -> dict[str, str]:
+    """A benchmark's own markdown table and the date and commit of its run."""
+    data = load(name)
     return {
-        "defaults_table": (RESULTS / "defaults.md").read_text().strip(),
-        "defaults_date": f"{data['date']}, commit {data['git']}",
+        f"{name}_table": (RESULTS / f"{name}.md").read_text().strip(),
+        f"{name}_date": f"{data['date']}, commit {data['git']}",
     }
 
 
-def mixing_section() -> dict[str, str]:
-    data = load("mixing")
-    return {
-        "mixing_table": (RESULTS / "mixing.md").read_text().strip(),
-        "mixing_date": f"{data['date']}, commit {data['git']}",
-    }
+def defaults_ratios() -> dict[str, str]:
+    """The range over the defaults benchmark's files of each ratio the text quotes."""
+    rows = load("defaults")["rows"]
+    fields = {}
+    for top, bottom in (("b", "a"), ("s", "a"), ("p", "a"), ("c", "b")):
+        ratios = sorted(_rate(r, top) / _rate(r, bottom) for r in rows)
+        fields[f"defaults_{top}_over_{bottom}"] = f"{ratios[0]:.2f}x-{ratios[-1]:.2f}x"
+    return fields
+
+
+def _rate(row: dict, mode: str) -> float:
+    """Events/s of a mode in a defaults row ((p) is stored as the rate itself)."""
+    return row["p"] if mode == "p" else row[mode]["events_per_s"]
 
 
 def loader_section() -> dict[str, str]:
@@ -216,8 +231,10 @@ def main() -> None:
         run_all(args.root_python)
     IMAGES.mkdir(parents=True, exist_ok=True)
     fields = {
-        **defaults_section(),
-        **mixing_section(),
+        **markdown_section("defaults"),
+        **defaults_ratios(),
+        **markdown_section("cache"),
+        **markdown_section("mixing"),
         **loader_section(),
         **remote_section(),
         **distributed_section(),

@@ -51,6 +51,7 @@ MAGIC = b"RSCACHE1"
 SUFFIX = ".col"
 SOURCES = "sources.json"  # in each file's folder: the paths it was read from
 STALE_TEMPORARY = 3600.0  # seconds after which a writer's temporary file is an orphan
+EVICT_TO = 0.9  # a cache over its limit is cut to this fraction of it
 
 
 @dataclass(frozen=True)
@@ -111,11 +112,10 @@ class ChunkCache:
             with open(path, "rb") as file:
                 data = bytearray(os.fstat(file.fileno()).st_size)
                 file.readinto(data)
+            column = _decode(data, key)
         except FileNotFoundError:
             return None
-        try:
-            column = _decode(data, key)
-        except DamagedEntry as err:
+        except (OSError, DamagedEntry) as err:
             warnings.warn(
                 f"rootstream cache: dropping the damaged entry {path} ({err}); "
                 "reading it again from the source",
@@ -135,10 +135,10 @@ class ChunkCache:
         if len(data) > self.limit:
             return
         path = self.directory / key.relative_path()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _remember_source(path.parent, source)
         temporary = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _remember_source(path.parent, source)
             temporary.write_bytes(data)
             os.replace(temporary, path)
         except OSError as err:
@@ -152,6 +152,13 @@ class ChunkCache:
         self._keep_to_limit(len(data))
 
     def _keep_to_limit(self, written: int) -> None:
+        """Delete the least recently used entries when the directory exceeds the limit.
+
+        The directory is scanned when this process first writes, and again when what it
+        saw plus what it wrote since exceeds the limit; then it is cut to ``EVICT_TO`` of
+        the limit, so that a full cache is not scanned at every write. Writers' temporary
+        files count, but are not deleted (their writers rename them).
+        """
         if self._estimate is None:
             self._estimate = sum(e.size for e in _entries(self.directory))
         else:
@@ -161,10 +168,11 @@ class ChunkCache:
         entries = sorted(_entries(self.directory), key=lambda e: e.used)
         total = sum(e.size for e in entries)
         for entry in entries:
-            if total <= self.limit:
+            if total <= EVICT_TO * self.limit:
                 break
-            _remove(entry.path)
-            total -= entry.size
+            if entry.path.suffix == SUFFIX:
+                _remove(entry.path)
+                total -= entry.size
         self._estimate = total
 
 
