@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP) xrootd-server
 	$(PY) -m ruff check .
+	$(VENV)/bin/lint-imports  # the layers of docs/architecture.md
 	$(PY) -m pytest
 
 # The XRootD server of the remote-reading tests, from apt where there is apt and it is
@@ -32,6 +33,7 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
+	$(VENV)/bin/lint-imports
 	$(PY) -m ruff format --check .
 
 bench: $(STAMP)

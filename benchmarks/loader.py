@@ -41,7 +41,7 @@ import uproot
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from rootstream import RootIterableDataset, compute_stats, synthetic
-from rootstream.dataset import configured_length
+from rootstream.specs import configured_length
 
 HERE = Path(__file__).resolve().parent
 DATA, RESULTS = HERE / "data", HERE / "results"

@@ -1,16 +1,26 @@
-"""The unit of reading, a range of entries of one source, and the selection within chunks.
+"""The plan of reading: chunks (ranges of entries of one source) cut from what is known of
+each source, memory sizes, and which events of each chunk a selection keeps.
 
-No uproot here, so that pure code can use it."""
+No uproot here (pure: numpy), so that pure code can use it."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["DEFAULT_STEP_SIZE", "GRID", "Chunk", "SelectionIndex", "memory_size"]
+__all__ = [
+    "DEFAULT_STEP_SIZE",
+    "GRID",
+    "Chunk",
+    "SelectionIndex",
+    "SourceInfo",
+    "memory_size",
+    "plan_chunks",
+]
 
 
 class Chunk(NamedTuple):
@@ -89,3 +99,34 @@ class SelectionIndex:
         entry_stop = min(chunk.start + high * GRID, chunk.stop)
         skip = int(running[low])
         return Chunk(chunk.source, chunk.start + low * GRID, entry_stop), first - skip, stop - skip
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """What the chunk plan and the statistics fingerprint need to know of a source."""
+
+    num_entries: int
+    boundaries: tuple[int, ...]  # cluster starts, then num_entries
+    entries_per_step: int
+    uuid: str
+
+
+def plan_chunks(infos: Sequence[SourceInfo]) -> list[Chunk]:
+    """Cut every source into chunks of about ``entries_per_step`` entries on cluster boundaries.
+
+    Clusters are merged until a chunk holds at least ``entries_per_step`` entries; a
+    cluster larger than twice that is split so that memory stays bounded.
+    """
+    chunks = []
+    for i, info in enumerate(infos):
+        step = info.entries_per_step
+        start = 0
+        for boundary in info.boundaries[1:]:
+            while boundary - start >= 2 * step:
+                chunks.append(Chunk(i, start, start + step))
+                start += step
+            if boundary - start >= step or boundary == info.num_entries:
+                if boundary > start:
+                    chunks.append(Chunk(i, start, boundary))
+                start = boundary
+    return chunks

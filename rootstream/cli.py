@@ -13,6 +13,7 @@ from rootstream import __version__
 from rootstream.chunks import DEFAULT_STEP_SIZE
 from rootstream.config import TOKEN_VARIABLE
 from rootstream.errors import RootStreamError
+from rootstream.vocabulary import TASKS
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -104,7 +105,7 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--model", help="path/to/model.py:build")
     for flag in ("tree", "label", "weight", "cut"):
         train.add_argument(f"--{flag}")
-    train.add_argument("--task", choices=["binary", "multiclass", "regression"])
+    train.add_argument("--task", choices=TASKS)
     train.add_argument(
         "--max-length", type=_yaml_value, help="an int or a YAML mapping, e.g. '{Jet_*: 4}'"
     )

@@ -15,11 +15,10 @@ from typing import Any
 
 from rootstream.chunks import DEFAULT_STEP_SIZE
 from rootstream.errors import ConfigError, close_matches
+from rootstream.vocabulary import NORMALIZATIONS, TASKS
 
-__all__ = ["TASKS", "TOKEN_VARIABLE", "TrainConfig", "load_config"]
+__all__ = ["TOKEN_VARIABLE", "TrainConfig", "load_config"]
 
-TASKS = ("binary", "multiclass", "regression")
-NORMALIZATIONS = ("standard", "minmax", None)
 TOKEN_VARIABLE = "ROOTSTREAM_SERVE_TOKEN"  # the token when none is given (rootstream-serve's too)
 SECRETS = ("token",)  # kept out of checkpoints, reprs and error messages
 

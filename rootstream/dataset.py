@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import fnmatch
 import logging
 import os
 import warnings
@@ -16,63 +15,19 @@ from torch.utils.data import IterableDataset
 from rootstream.cache import DEFAULT_CACHE_LIMIT, open_cache
 from rootstream.chunks import DEFAULT_STEP_SIZE
 from rootstream.parallel import parallel_stats
-from rootstream.preprocess import NORMALIZATIONS, FeatureSpec, Spec, normalization
+from rootstream.preprocess import Spec
 from rootstream.reader import DEFAULT_RETRIES, DEFAULT_RETRY_WAIT, EventReader, Split
+from rootstream.specs import build_spec, configured_length
 from rootstream.stats import Stats
 from rootstream.stream import EpochStream, StreamOptions, fresh_position
+from rootstream.vocabulary import NORMALIZATIONS
 from rootstream.world import rank_and_world_size, shard_of_this_process
 
-__all__ = ["DEFAULT_LENGTH_QUANTILE", "RootIterableDataset"]
+__all__ = ["RootIterableDataset"]
 
-logger = logging.getLogger("rootstream")
-DEFAULT_LENGTH_QUANTILE = 0.95
 STATE_VERSION = 2
 
-
-def configured_length(feature: str, max_length: int | Mapping[str, int] | None) -> int | None:
-    """The padded length ``max_length`` gives a jagged feature (a name or glob key), if any."""
-    if isinstance(max_length, int):
-        return max_length
-    for pattern, length in (max_length or {}).items():
-        if pattern == feature or fnmatch.fnmatchcase(feature, pattern):
-            return length
-    return None
-
-
-def build_spec(
-    features: Sequence[str],
-    jagged: Mapping[str, bool],
-    stats: Stats | None,
-    *,
-    max_length: int | Mapping[str, int] | None,
-    normalize: str | None,
-    groups: Mapping[str, Sequence[str]] | None = None,
-) -> Spec:
-    """The preprocessing a dataset applies: feature order, padded lengths, normalization.
-
-    Without groups, flat features come first, then jagged ones, each in the order given.
-    A jagged feature without a configured length gets the 95% quantile of its lengths in
-    ``stats`` (at least 1). ``stats`` may be None only when neither needs them.
-    """
-
-    def feature_spec(feature: str) -> FeatureSpec:
-        length = configured_length(feature, max_length) if jagged[feature] else None
-        if jagged[feature] and length is None:
-            length = max(1, stats.moments(feature).length_quantile(DEFAULT_LENGTH_QUANTILE))
-        if stats is None:
-            return FeatureSpec(feature, length)
-        m = stats.moments(feature)
-        center, scale = normalization(
-            normalize, mean=m.mean, std=m.std, minimum=m.min, maximum=m.max
-        )
-        return FeatureSpec(feature, length, center, scale)
-
-    specs = {f: feature_spec(f) for f in features}
-    if groups is not None:
-        grouped = tuple((g, tuple(names)) for g, names in groups.items())
-        return Spec(tuple(specs.values()), grouped, normalize)
-    order = [f for f in features if not jagged[f]] + [f for f in features if jagged[f]]
-    return Spec(tuple(specs[f] for f in order), None, normalize)
+logger = logging.getLogger("rootstream")
 
 
 class RootIterableDataset(IterableDataset):
@@ -90,8 +45,9 @@ class RootIterableDataset(IterableDataset):
         max_length: padded length of jagged features: an int, or ``{name_or_glob: int}``.
             Unset lengths are the 95% quantile of the feature's lengths in the statistics.
         normalize: ``"standard"``, ``"minmax"`` or None.
-        stats: :class:`Stats`, path to a stats JSON, or None to compute them on first use
-            over all selected events (of the training part, after a split).
+        stats: :class:`Stats`, path to a stats JSON, or None to compute them over all
+            selected events: when the dataset is built if normalization or a default
+            length needs them, else when ``stats`` is first read. Parts of a split keep them.
         batch_size: None yields single events; an int yields whole batches.
         shuffle: mix events across files and chunks; the order depends on (seed, epoch).
         seed: the seed of shuffling.

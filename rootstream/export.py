@@ -22,10 +22,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from rootstream.dataset import RootIterableDataset, build_spec
+from rootstream.dataset import RootIterableDataset
 from rootstream.errors import ExportError
 from rootstream.metadata import METADATA_KEY, ModelSpec
 from rootstream.preprocess import Jagged, Spec, assemble
+from rootstream.specs import build_spec
 from rootstream.stats import Stats
 
 __all__ = ["export_onnx", "spec_from_stats"]

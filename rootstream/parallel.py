@@ -12,16 +12,16 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from rootstream.cache import DEFAULT_CACHE_LIMIT, open_cache
 from rootstream.chunks import DEFAULT_STEP_SIZE
+from rootstream.progress import progress_bar
 from rootstream.reader import DEFAULT_RETRIES, DEFAULT_RETRY_WAIT, EventReader
-from rootstream.stats import (
+from rootstream.scan import (
     ChunkStats,
-    Stats,
     chunk_partials,
     collect_partials,
     iter_chunk_stats,
     merge_partials,
-    progress_bar,
 )
+from rootstream.stats import Stats
 from rootstream.world import is_distributed
 
 __all__ = ["compute_stats", "parallel_stats"]

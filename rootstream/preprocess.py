@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from rootstream.errors import InvalidEventError, close_matches
+from rootstream.vocabulary import NORMALIZATIONS
 
 __all__ = [
     "FeatureSpec",
@@ -35,7 +36,6 @@ __all__ = [
 ]
 
 SPEC_VERSION = 1
-NORMALIZATIONS = ("standard", "minmax", None)
 
 
 class Jagged(NamedTuple):

@@ -21,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from rootstream.cache import CacheKey, ChunkCache
-from rootstream.chunks import DEFAULT_STEP_SIZE, SelectionIndex
+from rootstream.chunks import DEFAULT_STEP_SIZE, SelectionIndex, plan_chunks
 from rootstream.cpus import available_cpus
 from rootstream.errors import (
     ChunkReadError,
@@ -38,14 +38,13 @@ from rootstream.sources import (
     is_transient,
     open_tree,
     parse_files,
-    plan_chunks,
     probe_columns,
     read_columns,
 )
+from rootstream.vocabulary import TASKS
 
 __all__ = ["Block", "EventReader", "Split", "TreeCache"]
 
-TASKS = ("binary", "multiclass", "regression")
 DEFAULT_RETRIES = 5
 DEFAULT_RETRY_WAIT = 1.0  # seconds before the first retry; doubled before each next one
 

@@ -1,7 +1,8 @@
-"""Everything that touches ROOT files: file specs, opening trees, chunk plans, reading.
+"""Everything that reads ROOT files: file specs, opening trees, measuring them, reading.
 
-This is the only module that imports uproot and awkward. It hands numpy
-columns (see :mod:`rootstream.preprocess`) to the rest of the package. Local paths and
+It is the only module of the reading path that imports uproot and awkward (synthetic.py
+writes generated samples with them); the chunk plan it measures for is cut in
+:mod:`rootstream.chunks`. It hands numpy columns (see :mod:`rootstream.preprocess`) to the rest of the package. Local paths and
 URLs (``root://``, ``http(s)://``, any fsspec URL) take the same path through uproot's
 fsspec source; :func:`is_transient` tells network failures worth retrying from
 permanent ones.
@@ -35,7 +36,7 @@ import uproot.compression
 import uproot.source.fsspec
 from fsspec.exceptions import FSTimeoutError
 
-from rootstream.chunks import Chunk, memory_size
+from rootstream.chunks import Chunk, SourceInfo, memory_size
 from rootstream.errors import (
     BranchNotFoundError,
     InputFileNotFoundError,
@@ -48,14 +49,12 @@ from rootstream.preprocess import Column, Jagged
 __all__ = [
     "Chunk",
     "Source",
-    "SourceInfo",
     "close_tree",
     "inspect_source",
     "is_transient",
     "open_file",
     "open_tree",
     "parse_files",
-    "plan_chunks",
     "summarize_file",
 ]
 
@@ -344,16 +343,6 @@ def is_rntuple(tree: Any) -> bool:
     return not isinstance(tree, uproot.TTree)
 
 
-@dataclass(frozen=True)
-class SourceInfo:
-    """What the chunk plan and the statistics fingerprint need to know of a source."""
-
-    num_entries: int
-    boundaries: tuple[int, ...]  # cluster starts, then num_entries
-    entries_per_step: int
-    uuid: str
-
-
 def _cluster_boundaries(tree: Any, branches: list[str]) -> list[int]:
     if is_rntuple(tree):
         starts = [c.num_first_entry for c in tree.cluster_summaries]
@@ -465,27 +454,6 @@ def probe_columns(
         raise BranchNotFoundError(
             f"cannot evaluate {list(expressions)} on {tree_location(tree)!r}: {err}"
         ) from err
-
-
-def plan_chunks(infos: Sequence[SourceInfo]) -> list[Chunk]:
-    """Cut every source into chunks of about ``entries_per_step`` entries on cluster boundaries.
-
-    Clusters are merged until a chunk holds at least ``entries_per_step`` entries; a
-    cluster larger than twice that is split so that memory stays bounded.
-    """
-    chunks = []
-    for i, info in enumerate(infos):
-        step = info.entries_per_step
-        start = 0
-        for boundary in info.boundaries[1:]:
-            while boundary - start >= 2 * step:
-                chunks.append(Chunk(i, start, start + step))
-                start += step
-            if boundary - start >= step or boundary == info.num_entries:
-                if boundary > start:
-                    chunks.append(Chunk(i, start, boundary))
-                start = boundary
-    return chunks
 
 
 def read_columns(

@@ -1,33 +1,22 @@
-"""Feature statistics: mergeable partial results, JSON files, and a fingerprint of the data."""
+"""Feature statistics: mergeable partial results, JSON files, and a fingerprint of the data.
+
+Pure (numpy): the pass over the data that computes them is :mod:`rootstream.scan`."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import closing
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from rootstream.errors import StatsMismatchError
-from rootstream.prefetch import prefetch
 from rootstream.preprocess import Column, Jagged
-from rootstream.reader import Block, EventReader, TreeCache
 
-__all__ = [
-    "QUANTILES",
-    "ChunkStats",
-    "Stats",
-    "chunk_partials",
-    "collect_partials",
-    "iter_chunk_stats",
-    "merge_partials",
-    "stats_of",
-]
+__all__ = ["QUANTILES", "Moments", "Stats"]
 
 STATS_VERSION = 1
 QUANTILES = (0.5, 0.9, 0.95, 0.99, 1.0)
@@ -276,116 +265,3 @@ def _fingerprint_differences(expected: dict, actual: dict) -> list[str]:
                 f"has {ours[key]['entries']} now"
             )
     return problems
-
-
-class ChunkStats(NamedTuple):
-    """The statistics of one chunk on its own (None when it was unreadable and skipped)."""
-
-    index: int  # in ``reader.chunks``
-    stats: Stats | None
-    skipped: list[dict[str, Any]]  # the chunk's record when it was skipped, else empty
-
-
-def iter_chunk_stats(
-    reader: EventReader, indices: Iterable[int], *, skip: bool = False
-) -> Iterator[ChunkStats]:
-    """Yield the statistics of each chunk ``reader.chunks[i]`` for i in ``indices``, in order.
-
-    Each file is opened once, at its first chunk, and closed after its last one. Reading
-    runs one chunk ahead in a background thread. With ``skip``, an unreadable chunk is
-    yielded with ``stats=None`` and its record instead of raising
-    :class:`~rootstream.errors.ChunkReadError`.
-    """
-    with (
-        TreeCache(reader.sources) as trees,
-        closing(prefetch(_read_blocks(reader, trees, list(indices), skip))) as blocks,
-    ):
-        for index, block, records in blocks:
-            yield ChunkStats(index, None if block is None else Stats.of(block.columns), records)
-
-
-def _read_blocks(
-    reader: EventReader, trees: TreeCache, indices: list[int], skip: bool
-) -> Iterator[tuple[int, Block | None, list[dict[str, Any]]]]:
-    last = {reader.chunks[index].source: n for n, index in enumerate(indices)}
-    for n, index in enumerate(indices):
-        chunk, records = reader.chunks[index], []
-        block = reader.read(chunk, trees, skipped=records if skip else None)
-        if last[chunk.source] == n:  # closed now: a share of many files keeps few open
-            trees.drop(chunk.source)
-        yield index, block, records
-
-
-def collect_partials(
-    results: Iterable[ChunkStats],
-    reader: EventReader,
-    *,
-    skipped: list[dict[str, Any]] | None = None,
-    bar: tqdm | None = None,
-) -> list[tuple[int, Stats]]:
-    """The ``(chunk index, statistics)`` of the readable chunks, as they arrive.
-
-    Records of skipped chunks are added to ``skipped`` (once); ``bar`` advances by each
-    chunk's entries.
-    """
-    partials = []
-    for result in results:
-        if result.stats is not None:
-            partials.append((result.index, result.stats))
-        for record in result.skipped:
-            if skipped is not None and record not in skipped:
-                skipped.append(record)
-        if bar is not None:
-            bar.update(reader.chunks[result.index].num_entries)
-    return partials
-
-
-def chunk_partials(
-    reader: EventReader,
-    indices: Sequence[int],
-    *,
-    skipped: list[dict[str, Any]] | None = None,
-    bar: tqdm | None = None,
-) -> list[tuple[int, Stats]]:
-    """The statistics of each chunk ``reader.chunks[i]`` for i in ``indices``, on its own.
-
-    With a ``skipped`` list, unreadable chunks are recorded there (and left out) instead
-    of raising.
-    """
-    results = iter_chunk_stats(reader, indices, skip=skipped is not None)
-    return collect_partials(results, reader, skipped=skipped, bar=bar)
-
-
-def merge_partials(reader: EventReader, partials: Iterable[tuple[int, Stats]]) -> Stats:
-    """Merge per-chunk partial results in chunk order, so every process gets the same result."""
-    empty = Stats.of({f: _empty_like(reader.jagged[f]) for f in reader.features})
-    ordered = [stats for _, stats in sorted(partials, key=lambda p: p[0])]
-    return Stats(Stats.merge_all([empty, *ordered])._moments, reader.fingerprint())
-
-
-def progress_bar(total: int, desc: str, progress: bool | None) -> tqdm:
-    """A tqdm bar shown on a terminal only (or as ``progress`` says)."""
-    return tqdm(
-        total=total,
-        unit=" events",
-        desc=desc,
-        leave=False,
-        disable=None if progress is None else not progress,
-    )
-
-
-def stats_of(
-    reader: EventReader,
-    *,
-    progress: bool | None = None,
-    skipped: list[dict[str, Any]] | None = None,
-) -> Stats:
-    """One pass over every selected event of a reader, in this process."""
-    with progress_bar(reader.num_entries, "statistics", progress) as bar:
-        partials = chunk_partials(reader, range(len(reader.chunks)), skipped=skipped, bar=bar)
-    return merge_partials(reader, partials)
-
-
-def _empty_like(jagged: bool) -> Column:
-    empty = np.zeros(0, dtype=np.float64)
-    return Jagged(np.zeros(1, dtype=np.int64), empty) if jagged else empty

@@ -19,9 +19,9 @@ from tqdm import tqdm
 from rootstream.chunks import SelectionIndex
 from rootstream.prefetch import prefetch
 from rootstream.preprocess import Jagged, Spec, assemble
+from rootstream.progress import progress_bar
 from rootstream.reader import Block, EventReader, TreeCache
 from rootstream.shuffle import Piece, event_order, group_size, shard_windows
-from rootstream.stats import progress_bar
 from rootstream.world import Shard, cpus_of_this_process
 
 __all__ = ["MIN_PIECE", "EpochStream", "StreamOptions", "fresh_position"]

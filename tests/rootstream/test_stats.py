@@ -13,9 +13,9 @@ import pytest
 import uproot
 
 from rootstream import RootIterableDataset, Stats, compute_stats
-from rootstream.dataset import DEFAULT_LENGTH_QUANTILE
 from rootstream.errors import StatsMismatchError
 from rootstream.preprocess import Jagged
+from rootstream.specs import DEFAULT_LENGTH_QUANTILE
 from rootstream.stats import QUANTILES
 
 HZZ_TREE = "events"

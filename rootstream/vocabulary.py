@@ -1,0 +1,8 @@
+"""Names shared by the dataset, the configuration, the command line and the server."""
+
+from __future__ import annotations
+
+__all__ = ["NORMALIZATIONS", "TASKS"]
+
+TASKS = ("binary", "multiclass", "regression")
+NORMALIZATIONS = ("standard", "minmax", None)
