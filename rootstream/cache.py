@@ -32,6 +32,7 @@ import numpy as np
 import xxhash
 
 from rootstream.chunks import memory_size
+from rootstream.errors import InvalidArgumentError
 from rootstream.preprocess import Column, Jagged
 
 __all__ = [
@@ -90,7 +91,7 @@ class ChunkCache:
             else int(limit)
         )
         if self.limit <= 0:
-            raise ValueError(f"cache_limit must be positive, not {limit!r}")
+            raise InvalidArgumentError(f"cache_limit must be positive, not {limit!r}")
         self.directory.mkdir(parents=True, exist_ok=True)
         self._estimate: int | None = None  # bytes, as last seen plus what this process wrote
 
@@ -186,7 +187,9 @@ def open_cache(
     if directory is None or directory is False:
         return None
     if directory is True:
-        raise ValueError(f"cache must be a directory, None (${CACHE_ENV}) or False, not True")
+        raise InvalidArgumentError(
+            f"cache must be a directory, None (${CACHE_ENV}) or False, not True"
+        )
     return ChunkCache(directory, limit)
 
 

@@ -12,6 +12,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from rootstream.errors import InvalidArgumentError
+
 __all__ = [
     "DEFAULT_STEP_SIZE",
     "GRID",
@@ -52,7 +54,7 @@ def memory_size(
     """
     match = _MEMORY_SIZE.fullmatch(text)
     if not match:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"{argument} must be {other} or a memory size such as '100 MB', not {text!r}"
         )
     power = "kmgt".find(match[2].lower()) + 1 if match[2] else 0

@@ -21,6 +21,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="rootstream", description="Train PyTorch models on ROOT files, then serve them."
     )
     parser.add_argument("--version", action="version", version=f"rootstream {__version__}")
+    parser.add_argument(
+        "--traceback", action="store_true", help="on an error, show the whole traceback"
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     stats = commands.add_parser(
         "stats", help="compute feature statistics (one pass over the data) and save them as JSON"
@@ -225,6 +228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         RootStreamError,
         subprocess.CalledProcessError,
     ) as err:
+        if args.traceback:
+            raise
         print(f"rootstream {args.command}: error: {err}", file=sys.stderr)
         return 1
     return 0

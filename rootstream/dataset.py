@@ -14,6 +14,7 @@ from torch.utils.data import IterableDataset
 
 from rootstream.cache import DEFAULT_CACHE_LIMIT, open_cache
 from rootstream.chunks import DEFAULT_STEP_SIZE
+from rootstream.errors import InvalidArgumentError
 from rootstream.parallel import parallel_stats
 from rootstream.preprocess import Spec
 from rootstream.reader import DEFAULT_RETRIES, DEFAULT_RETRY_WAIT, EventReader, Split
@@ -106,11 +107,13 @@ class RootIterableDataset(IterableDataset):
     ) -> None:
         super().__init__()
         if on_error not in ("raise", "skip"):
-            raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
+            raise InvalidArgumentError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
         if batch_size is not None and batch_size < 1:
-            raise ValueError(f"batch_size must be None or positive, not {batch_size}")
+            raise InvalidArgumentError(f"batch_size must be None or positive, not {batch_size}")
         if normalize not in NORMALIZATIONS:
-            raise ValueError(f"normalize must be one of {NORMALIZATIONS}, not {normalize!r}")
+            raise InvalidArgumentError(
+                f"normalize must be one of {NORMALIZATIONS}, not {normalize!r}"
+            )
         features = _features_of(features, groups)
         self._reader = EventReader(
             files,
@@ -235,9 +238,13 @@ class RootIterableDataset(IterableDataset):
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Resume: the next iteration yields exactly the rest of the saved stream."""
         if state.get("version") != STATE_VERSION:
-            raise ValueError(f"not a RootIterableDataset state (version {state.get('version')!r})")
+            raise InvalidArgumentError(
+                f"not a RootIterableDataset state (version {state.get('version')!r})"
+            )
         if state["seed"] != self.seed:
-            raise ValueError(f"the state was saved with seed {state['seed']}, not {self.seed}")
+            raise InvalidArgumentError(
+                f"the state was saved with seed {state['seed']}, not {self.seed}"
+            )
         self._epoch.fill_(int(state["epoch"]))
         self._resume = {
             k: copy.deepcopy(v) for k, v in state.items() if k not in ("version", "seed")
@@ -255,9 +262,9 @@ class RootIterableDataset(IterableDataset):
         set its ``shuffle`` or ``even_batches`` to ask otherwise.
         """
         if not 0 < test_size < 1:
-            raise ValueError(f"test_size must be between 0 and 1, not {test_size}")
+            raise InvalidArgumentError(f"test_size must be between 0 and 1, not {test_size}")
         if self._reader.split is not None:
-            raise ValueError("this dataset is already one part of a split")
+            raise InvalidArgumentError("this dataset is already one part of a split")
         parts = [self._with_split(Split(test_size, seed, part)) for part in ("train", "test")]
         return parts[0], parts[1]
 
@@ -274,7 +281,7 @@ class RootIterableDataset(IterableDataset):
 
     def _refuse_skip_with_even_batches(self) -> None:
         if self.on_error == "skip" and self._even:
-            raise ValueError(
+            raise InvalidArgumentError(
                 "on_error='skip' cannot keep ranks in step: a chunk that fails on one rank "
                 "would leave it with fewer batches than the others, and DDP would wait for "
                 "them forever. Use on_error='raise', or even_batches=False and wrap the "
@@ -342,7 +349,7 @@ class RootIterableDataset(IterableDataset):
         if resume is None:
             return fresh_position(shard, num_shards, self.epoch)
         if (resume["shard"], resume["num_shards"]) != (shard, num_shards):
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"the state belongs to shard {resume['shard']} of {resume['num_shards']}, but this "
                 f"stream is shard {shard} of {num_shards}; resume with the same number of "
                 "workers and ranks (see docs/dataset.md)"
@@ -381,7 +388,7 @@ def _features_of(
         return list(features) if not isinstance(features, str) else [features]
     members = [f for names in groups.values() for f in names]
     if features is not None and sorted(features) != sorted(members):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"groups must hold every feature exactly once: features {list(features)}, "
             f"groups {dict(groups)}"
         )

@@ -16,6 +16,7 @@ __all__ = [
     "ConfigError",
     "ExportError",
     "InputFileNotFoundError",
+    "InvalidArgumentError",
     "InvalidEventError",
     "ModelSpecError",
     "NonFiniteValueError",
@@ -60,8 +61,50 @@ class StatsMismatchError(RootStreamError, ValueError):
     """Statistics were computed on other data than the data they are applied to."""
 
 
+class InvalidArgumentError(RootStreamError, ValueError):
+    """An argument has a value rootstream cannot use; the message names it and what it may be."""
+
+
 class ChunkReadError(RootStreamError, OSError):
-    """A chunk of a file could not be read or decoded."""
+    """A chunk of a file could not be read or decoded.
+
+    ``file``, ``tree``, ``entry_start`` and ``entry_stop`` say which (the message is made of
+    them, and so is :meth:`record`, what ``dataset.skipped`` lists).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        tree: str | None = None,
+        entry_start: int | None = None,
+        entry_stop: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.file, self.tree = file, tree
+        self.entry_start, self.entry_stop = entry_start, entry_stop
+
+    @classmethod
+    def of(
+        cls, file: str, tree: str, entry_start: int, entry_stop: int, reason: str
+    ) -> ChunkReadError:
+        """The error of entries ``[entry_start, entry_stop)`` of ``file:tree``, for ``reason``."""
+        message = f"cannot read entries {entry_start} to {entry_stop} of {file}:{tree}: {reason}"
+        return cls(message, file=file, tree=tree, entry_start=entry_start, entry_stop=entry_stop)
+
+    def __str__(self) -> str:  # OSError would show only the first argument anyway
+        return str(self.args[0])
+
+    def record(self) -> dict[str, object]:
+        """What ``dataset.skipped`` lists of a skipped chunk."""
+        return {
+            "file": self.file,
+            "tree": self.tree,
+            "entry_start": self.entry_start,
+            "entry_stop": self.entry_stop,
+            "error": str(self),
+        }
 
 
 class InvalidEventError(RootStreamError, ValueError):

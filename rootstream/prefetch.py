@@ -18,7 +18,9 @@ class _Failure:
         self.error = error
 
 
-def prefetch(items: Iterable[T], depth: int = 1) -> Iterator[T]:
+def prefetch(
+    items: Iterable[T], depth: int = 1, *, stop: threading.Event | None = None
+) -> Iterator[T]:
     """Yield ``items`` while a background thread produces up to ``depth`` items ahead.
 
     Decompression (zlib, lz4, zstd) and large numpy operations release the GIL, so reading
@@ -26,9 +28,12 @@ def prefetch(items: Iterable[T], depth: int = 1) -> Iterator[T]:
     most ``depth + 2`` items exist at once (the one consumed, ``depth`` queued, one the
     producer waits to queue). An exception raised by the producer is re-raised here, in
     order; closing this generator stops the producer.
+
+    ``stop`` is set when this generator closes: a producer that waits on it (a retry's
+    pause) stops waiting, so that closing never waits through a retry schedule.
     """
     ready: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
+    stop = threading.Event() if stop is None else stop
 
     def produce() -> None:
         iterator = iter(items)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import bisect
 import logging
-import time
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,10 +25,12 @@ from rootstream.chunks import DEFAULT_STEP_SIZE, SelectionIndex, plan_chunks
 from rootstream.cpus import available_cpus
 from rootstream.errors import (
     ChunkReadError,
+    InvalidArgumentError,
     NonFiniteValueError,
     UnsupportedBranchError,
 )
 from rootstream.preprocess import Column, Jagged
+from rootstream.retry import backoff
 from rootstream.shuffle import is_held_out
 from rootstream.sources import (
     Chunk,
@@ -95,12 +97,21 @@ class TreeCache:
     """Opens each source's tree on first use and closes them all on exit.
 
     With ``threads > 1`` it also owns a pool of that many threads that decompress the
-    baskets of a read in parallel (zlib, LZMA, ZSTD and LZ4 release the GIL).
+    baskets of a read in parallel (zlib, LZMA, ZSTD and LZ4 release the GIL). ``stop``,
+    once set (by :func:`~rootstream.prefetch.prefetch` when its consumer is gone), cuts
+    short the pause before a retry.
     """
 
-    def __init__(self, sources: Sequence[Source], *, threads: int = 1) -> None:
+    def __init__(
+        self,
+        sources: Sequence[Source],
+        *,
+        threads: int = 1,
+        stop: threading.Event | None = None,
+    ) -> None:
         self._sources = sources
         self._trees: dict[int, Any] = {}
+        self.stop = threading.Event() if stop is None else stop
         self.executor = (
             ThreadPoolExecutor(threads, thread_name_prefix="rootstream-decompress")
             if threads > 1
@@ -185,19 +196,23 @@ class EventReader:
         if isinstance(features, str) or not features:
             raise TypeError("features must be a non-empty list of branch names or expressions")
         if len(set(features)) != len(features):
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"features are listed twice: {sorted(f for f in features if features.count(f) > 1)}"
             )
         if isinstance(files, Mapping) and label is not None:
-            raise ValueError("give labels either as a files dict or as a label branch, not both")
+            raise InvalidArgumentError(
+                "give labels either as a files dict or as a label branch, not both"
+            )
         if nonfinite != "raise" and not isinstance(nonfinite, (int, float)):
             raise TypeError(
                 f"nonfinite must be 'raise' or a number to replace with, not {nonfinite!r}"
             )
         if not isinstance(retries, int) or retries < 0:
-            raise ValueError(f"retries must be a whole number >= 0, not {retries!r}")
+            raise InvalidArgumentError(f"retries must be a whole number >= 0, not {retries!r}")
         if not retry_wait >= 0:
-            raise ValueError(f"retry_wait must be a number of seconds >= 0, not {retry_wait!r}")
+            raise InvalidArgumentError(
+                f"retry_wait must be a number of seconds >= 0, not {retry_wait!r}"
+            )
         self.retries, self.retry_wait = retries, float(retry_wait)
         self.sources = parse_files(files, tree)
         self.features = list(features)
@@ -213,7 +228,7 @@ class EventReader:
                 _flat(probe[expr], f"{what} {expr!r}")
         self.task = task or infer_task(file_labels, probe.get(label) if label else None)
         if self.task is not None and self.task not in TASKS:
-            raise ValueError(f"task must be one of {TASKS}, not {self.task!r}")
+            raise InvalidArgumentError(f"task must be one of {TASKS}, not {self.task!r}")
         self.label_names = _label_names(file_labels)
         self.chunks = plan_chunks(self.infos)
         self._chunk_starts = [(c.source, c.start) for c in self.chunks]
@@ -388,21 +403,17 @@ class EventReader:
             raise
         except Exception as err:
             gave_up = f" (still failing after {self.retries} retries)" if is_transient(err) else ""
-            error = ChunkReadError(
-                f"cannot read entries {chunk.start} to {chunk.stop} of {source}: "
-                f"{type(err).__name__}: {err}{gave_up}"
+            error = ChunkReadError.of(
+                source.path,
+                source.tree,
+                chunk.start,
+                chunk.stop,
+                f"{type(err).__name__}: {err}{gave_up}",
             )
             if skipped is None:
                 raise error from err
-            record = {
-                "file": source.path,
-                "tree": source.tree,
-                "entry_start": chunk.start,
-                "entry_stop": chunk.stop,
-                "error": str(error),
-            }
-            if record not in skipped:
-                skipped.append(record)
+            if error.record() not in skipped:
+                skipped.append(error.record())
             return None
 
     def _with_retries(
@@ -414,9 +425,9 @@ class EventReader:
             try:
                 return action(trees.get(index))
             except Exception as err:
-                if attempt >= self.retries or not is_transient(err):
+                if attempt >= self.retries or not is_transient(err) or trees.stop.is_set():
                     raise
-                wait = self.retry_wait * 2**attempt
+                wait = backoff(self.retry_wait, attempt)
                 attempt += 1
                 logger.warning(
                     "reading %s of %s failed (%s: %s); reopening the file in %.3g s, "
@@ -430,7 +441,8 @@ class EventReader:
                     self.retries,
                 )
                 trees.drop(index)
-                time.sleep(wait)
+                if trees.stop.wait(wait):
+                    raise  # the reading was called off while waiting
 
     def _selection(
         self, index: int, columns: Mapping[str, Column], entries: np.ndarray

@@ -3,6 +3,7 @@ chunk order (so that every process, worker or rank gets the same result)."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import closing
 from typing import Any, NamedTuple
@@ -42,9 +43,10 @@ def iter_chunk_stats(
     yielded with ``stats=None`` and its record instead of raising
     :class:`~rootstream.errors.ChunkReadError`.
     """
+    stop = threading.Event()  # set when the caller stops iterating: retries stop waiting
     with (
-        TreeCache(reader.sources) as trees,
-        closing(prefetch(_read_blocks(reader, trees, list(indices), skip))) as blocks,
+        TreeCache(reader.sources, stop=stop) as trees,
+        closing(prefetch(_read_blocks(reader, trees, list(indices), skip), stop=stop)) as blocks,
     ):
         for index, block, records in blocks:
             yield ChunkStats(index, None if block is None else Stats.of(block.columns), records)

@@ -2,10 +2,10 @@
 
 It is the only module of the reading path that imports uproot and awkward (synthetic.py
 writes generated samples with them); the chunk plan it measures for is cut in
-:mod:`rootstream.chunks`. It hands numpy columns (see :mod:`rootstream.preprocess`) to the rest of the package. Local paths and
-URLs (``root://``, ``http(s)://``, any fsspec URL) take the same path through uproot's
-fsspec source; :func:`is_transient` tells network failures worth retrying from
-permanent ones.
+:mod:`rootstream.chunks`. It hands numpy columns (see :mod:`rootstream.preprocess`) to
+the rest of the package. Local paths and URLs (``root://``, ``http(s)://``, any fsspec
+URL) take the same path through uproot's fsspec source; :func:`is_transient` tells network
+failures worth retrying from permanent ones.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from rootstream.chunks import Chunk, SourceInfo, memory_size
 from rootstream.errors import (
     BranchNotFoundError,
     InputFileNotFoundError,
+    InvalidArgumentError,
     TreeNotFoundError,
     UnsupportedBranchError,
     close_matches,
@@ -170,7 +171,9 @@ def parse_files(files: str | Sequence[str] | Mapping[str, Any], tree: str) -> li
     if not sources:
         raise InputFileNotFoundError("no input files were given")
     if len(set(sources)) != len(sources):
-        raise ValueError("the same file and tree are given twice; each event would be read twice")
+        raise InvalidArgumentError(
+            "the same file and tree are given twice; each event would be read twice"
+        )
     return sources
 
 
@@ -319,7 +322,7 @@ def _select_zlib() -> None:
     if error is None:
         decompressor.library = library
     elif chosen:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"uproot.ZLIB.library = {uproot.ZLIB.library!r} cannot decompress ROOT's zlib "
             f"blocks in uproot {uproot.__version__} ({type(error).__name__}: {error}): set it "
             "to 'zlib' (the standard library) or 'isal' (pip install isal)"
@@ -363,7 +366,7 @@ def _entries_per_step(tree: Any, step_size: int | str, branches: list[str]) -> i
     """
     if isinstance(step_size, (int, np.integer)):
         if step_size <= 0:
-            raise ValueError(f"step_size must be positive, not {step_size}")
+            raise InvalidArgumentError(f"step_size must be positive, not {step_size}")
         return int(step_size)
     if is_rntuple(tree):
         return max(1, int(tree.num_entries_for(step_size, filter_name=branches or None)))

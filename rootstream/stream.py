@@ -7,6 +7,7 @@ iterators never share one, and a dataset's ``state_dict()`` is that of its lates
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -123,7 +124,9 @@ class EpochStream:
             first += 1
         todo = windows[first:]
         depth = max((len(w) for w in todo), default=1)
-        with contextlib.closing(prefetch(self._piece_blocks(todo), depth=depth)) as blocks:
+        stop = threading.Event()  # set when this stream is closed: retries stop waiting
+        pieces = prefetch(self._piece_blocks(todo, stop), depth=depth, stop=stop)
+        with contextlib.closing(pieces) as blocks:
             for index, window in enumerate(todo, start=first):
                 tensors = self._window(window, blocks, index)
                 n = len(next(iter(tensors.values())))
@@ -132,10 +135,13 @@ class EpochStream:
                 yield tensors, max(0, consumed - done)
                 done += n
 
-    def _piece_blocks(self, windows: list[list[Piece]]) -> Iterator[Block | None]:
+    def _piece_blocks(
+        self, windows: list[list[Piece]], stop: threading.Event
+    ) -> Iterator[Block | None]:
         """The events of every piece of every window, in order (None: unreadable, skipped)."""
+        threads = cpus_of_this_process()
         with (
-            TreeCache(self.reader.sources, threads=cpus_of_this_process()) as trees,
+            TreeCache(self.reader.sources, threads=threads, stop=stop) as trees,
             self._filling_bar(windows) as bar,
         ):
             for window in windows:

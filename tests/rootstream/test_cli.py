@@ -43,6 +43,8 @@ def test_errors_are_one_line_and_exit_nonzero(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert "missing.root" in err
+    with pytest.raises(FileNotFoundError, match=r"missing\.root"):  # --traceback: raised
+        main(["--traceback", "stats", str(tmp_path / "missing.root"), "--features", "x", "-o", "s"])
 
 
 def test_inspect_lists_trees_kinds_and_jagged_lengths(hzz, capsys):

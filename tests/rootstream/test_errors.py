@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ from rootstream.errors import (
     BranchNotFoundError,
     ChunkReadError,
     InputFileNotFoundError,
+    InvalidArgumentError,
     NonFiniteValueError,
     TreeNotFoundError,
     UnsupportedBranchError,
@@ -336,8 +338,9 @@ def test_bad_arguments_raise_value_error_naming_them(
     hzz: str, as_dict: bool, kwargs: dict[str, Any], pattern: str
 ) -> None:
     files = {hzz: 1} if as_dict else hzz
-    with pytest.raises(ValueError, match=pattern):
+    with pytest.raises(InvalidArgumentError, match=pattern) as info:
         RootIterableDataset(files, ["MET_px"], tree="events", **kwargs)
+    assert isinstance(info.value, ValueError)
 
 
 # ----------------------------------------------------------------------------- unreadable chunks
@@ -371,6 +374,11 @@ def test_unreadable_chunk_raises_naming_file_tree_and_entries(corrupt: str) -> N
     message = str(info.value)
     assert_names(message, corrupt, "Events")
     assert re.search(rf"\b{BAD_CHUNK[0]}\b.*\b{BAD_CHUNK[1]}\b", message), message
+    error = info.value
+    assert (error.file, error.tree) == (corrupt, "Events")
+    assert (error.entry_start, error.entry_stop) == BAD_CHUNK
+    copy = pickle.loads(pickle.dumps(error))  # as it crosses from a DataLoader worker
+    assert (str(copy), copy.file, copy.entry_start) == (str(error), corrupt, BAD_CHUNK[0])
 
 
 @pytest.mark.parametrize("shuffle", [False, True], ids=["ordered", "shuffled"])

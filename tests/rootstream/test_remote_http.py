@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -112,3 +113,22 @@ def test_real_http_failures_are_classified(
     http_server.stop()
     refused = failure(files["remote"][0])
     assert is_transient(refused), repr(refused)
+
+
+def test_closing_a_stream_cuts_a_retry_pause_short(
+    files: dict[str, list[str]], http_server: HTTPServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    ds = RootIterableDataset(
+        files["remote"], ["event"], normalize=None, batch_size=100, step_size=200, retry_wait=30
+    )
+    stream = iter(ds)
+    next(stream)
+    http_server.stop()  # the reading thread's next read fails and pauses 15-30 s
+    deadline = time.monotonic() + 20
+    with caplog.at_level(logging.WARNING, logger="rootstream"):
+        while not any("retry" in r.getMessage() for r in caplog.records):
+            assert time.monotonic() < deadline, "the reading thread never retried"
+            time.sleep(0.05)
+    start = time.monotonic()
+    stream.close()
+    assert time.monotonic() - start < 5  # not through the rest of the pause

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import random
 import threading
 import time
 import zlib
@@ -14,6 +15,7 @@ import pytest
 from rootstream import RootIterableDataset
 from rootstream.chunks import memory_size
 from rootstream.prefetch import prefetch
+from rootstream.retry import MAX_RETRY_WAIT, backoff
 from rootstream.sources import is_transient, parse_files, split_tree
 
 from .conftest import write_numbered
@@ -126,3 +128,12 @@ def test_prefetch_reraises_in_order_and_stops_its_thread_when_closed() -> None:
     next(stream)
     stream.close()
     assert threading.active_count() <= before
+
+
+def test_retry_waits_double_up_to_a_cap_and_are_jittered() -> None:
+    rng = random.Random(3)
+    for attempt in range(12):
+        ceiling = min(0.5 * 2**attempt, MAX_RETRY_WAIT)
+        waits = [backoff(0.5, attempt, rng=rng) for _ in range(200)]
+        assert all(ceiling / 2 <= w <= ceiling for w in waits)
+        assert max(waits) - min(waits) > ceiling / 4  # spread: ranks do not retry in step
