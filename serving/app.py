@@ -52,7 +52,7 @@ def create_app(config: ServerConfig | Mapping[str, Any] | str | os.PathLike) -> 
             or the models directory.
     """
     config = ServerConfig.of(config)
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # no /static route: the API is all there is
     app.config["MAX_CONTENT_LENGTH"] = config.max_request_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     store = ModelStore(config.models, max_bytes=config.max_upload_bytes)

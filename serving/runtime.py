@@ -23,25 +23,11 @@ from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 from rootstream.errors import InvalidEventError
 from rootstream.metadata import ModelSpec
 from rootstream.preprocess import assemble, columns_from_events
+from serving.datatypes import ONNX_DTYPES
 from serving.errors import BadRequestError, InvalidModelError
 from serving.store import ModelFile
 
 __all__ = ["Model", "ModelCache", "TensorInfo", "check_loadable"]
-
-DTYPES = {
-    "tensor(float)": np.dtype(np.float32),
-    "tensor(double)": np.dtype(np.float64),
-    "tensor(float16)": np.dtype(np.float16),
-    "tensor(int64)": np.dtype(np.int64),
-    "tensor(int32)": np.dtype(np.int32),
-    "tensor(int16)": np.dtype(np.int16),
-    "tensor(int8)": np.dtype(np.int8),
-    "tensor(uint8)": np.dtype(np.uint8),
-    "tensor(uint16)": np.dtype(np.uint16),
-    "tensor(uint32)": np.dtype(np.uint32),
-    "tensor(uint64)": np.dtype(np.uint64),
-    "tensor(bool)": np.dtype(np.bool_),
-}
 
 
 @dataclass(frozen=True)
@@ -59,7 +45,7 @@ class TensorInfo:
 
     @property
     def dtype(self) -> np.dtype | None:
-        return DTYPES.get(self.type)
+        return ONNX_DTYPES.get(self.type)
 
     def signature(self) -> str:
         """``[N, 28] float32``: the shape (N for a dynamic axis) and dtype, for messages."""

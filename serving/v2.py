@@ -16,10 +16,10 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
+from serving.datatypes import ONNX_DATATYPES
 from serving.errors import BadRequestError, ModelNotReadyError
 from serving.runtime import Model, TensorInfo
 from serving.v2codec import (
-    ONNX_DATATYPES,
     decode_inputs,
     decode_outputs,
     encode_response,

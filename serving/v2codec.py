@@ -16,11 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from serving.datatypes import DATATYPES
 from serving.errors import BadRequestError
 
 __all__ = [
-    "DATATYPES",
-    "ONNX_DATATYPES",
     "RequestedOutput",
     "decode_inputs",
     "decode_outputs",
@@ -29,39 +28,6 @@ __all__ = [
     "v2_datatype",
 ]
 
-DATATYPES: dict[str, np.dtype] = {
-    "BOOL": np.dtype(np.bool_),
-    "INT8": np.dtype("<i1"),
-    "INT16": np.dtype("<i2"),
-    "INT32": np.dtype("<i4"),
-    "INT64": np.dtype("<i8"),
-    "UINT8": np.dtype("<u1"),
-    "UINT16": np.dtype("<u2"),
-    "UINT32": np.dtype("<u4"),
-    "UINT64": np.dtype("<u8"),
-    "FP16": np.dtype("<f2"),
-    "FP32": np.dtype("<f4"),
-    "FP64": np.dtype("<f8"),
-}
-"""v2 datatype -> numpy dtype (little-endian, as on the wire)."""
-
-ONNX_DATATYPES = {
-    "tensor(bool)": "BOOL",
-    "tensor(int8)": "INT8",
-    "tensor(int16)": "INT16",
-    "tensor(int32)": "INT32",
-    "tensor(int64)": "INT64",
-    "tensor(uint8)": "UINT8",
-    "tensor(uint16)": "UINT16",
-    "tensor(uint32)": "UINT32",
-    "tensor(uint64)": "UINT64",
-    "tensor(float16)": "FP16",
-    "tensor(float)": "FP32",
-    "tensor(double)": "FP64",
-    "tensor(string)": "BYTES",
-    "tensor(bfloat16)": "BF16",
-}
-"""onnxruntime type string -> v2 datatype."""
 
 _KINDS = {"BOOL": "b", **{k: "biu" for k in DATATYPES if "INT" in k}}  # ints accept bools
 

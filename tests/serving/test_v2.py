@@ -19,7 +19,7 @@ import tritonclient.http as triton
 from onnx import TensorProto, helper
 from tritonclient.utils import InferenceServerException
 
-from serving.v2codec import DATATYPES
+from serving.datatypes import DATATYPES
 from tests.serving.conftest import running_server
 
 TOKEN = "v2-token"

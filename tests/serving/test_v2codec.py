@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
+from serving.datatypes import DATATYPES
 from serving.errors import BadRequestError
 from serving.v2codec import (
-    DATATYPES,
     RequestedOutput,
     decode_inputs,
     decode_outputs,
