@@ -8,7 +8,6 @@ large) keep theirs, anything else is a logged 500.
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import os
@@ -20,9 +19,10 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from serving.auth import authorize_changes
 from serving.config import ServerConfig, available_cpus
 from serving.dataplane import DataPlane
-from serving.errors import BadRequestError, ForbiddenError, ServingError, UnauthorizedError
+from serving.errors import BadRequestError, ServingError
 from serving.metrics import Metrics
 from serving.runtime import ModelCache
 from serving.store import ModelStore
@@ -79,21 +79,7 @@ def _services() -> Services:
 management = Blueprint("management", __name__)
 
 
-@management.before_request
-def _authorize() -> None:
-    services = _services()
-    request.max_content_length = services.config.max_upload_bytes
-    token = services.config.token
-    if token is None:
-        return
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not given.strip():
-        raise UnauthorizedError("this route needs the header 'Authorization: Bearer <token>'")
-    if not hmac.compare_digest(given.strip().encode(), token.encode()):
-        raise ForbiddenError("the bearer token is wrong")
-
-
-repository.before_request(_authorize)  # the v2 repository extension changes models too
+management.before_request(authorize_changes)
 
 
 @management.post("/models/<name>")

@@ -16,6 +16,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
+from serving.auth import authorize_changes
 from serving.datatypes import ONNX_DATATYPES
 from serving.errors import BadRequestError, ModelNotReadyError
 from serving.runtime import Model, TensorInfo
@@ -34,6 +35,7 @@ PLATFORM = "onnxruntime_onnx"
 
 protocol = Blueprint("v2", __name__)
 repository = Blueprint("v2_repository", __name__)
+repository.before_request(authorize_changes)  # it changes models, as management does
 
 
 def _plane() -> Any:
