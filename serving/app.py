@@ -24,6 +24,7 @@ from serving.config import ServerConfig, available_cpus
 from serving.dataplane import DataPlane
 from serving.errors import BadRequestError, ServingError
 from serving.metrics import Metrics
+from serving.repository import Repository
 from serving.runtime import ModelCache
 from serving.store import ModelStore
 from serving.v2 import protocol, repository
@@ -41,6 +42,7 @@ class Services:
 
     config: ServerConfig
     plane: DataPlane
+    repository: Repository
     metrics: Metrics
 
 
@@ -57,7 +59,7 @@ def create_app(config: ServerConfig | Mapping[str, Any] | str | os.PathLike) -> 
     app.json.sort_keys = False  # type: ignore[attr-defined]
     store = ModelStore(config.models, max_bytes=config.max_upload_bytes)
     cache = ModelCache(threads=config.threads or available_cpus(), capacity=config.max_models)
-    services = Services(config, DataPlane(store, cache), Metrics())
+    services = Services(config, DataPlane(store, cache), Repository(store, cache), Metrics())
     app.extensions["rootstream"] = services
     app.wsgi_app = _Observed(app.wsgi_app, services)  # type: ignore[method-assign]
     app.register_blueprint(management)

@@ -7,23 +7,25 @@ simple JSON one (KServe v2) can call the same methods.
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import re
 from collections.abc import Mapping
 from typing import Any, BinaryIO
 
 import numpy as np
 
-from serving.errors import BadRequestError, ModelNotFoundError, ModelUnavailableError
+from serving.errors import (
+    BadRequestError,
+    ModelNotFoundError,
+    ModelNotReadyError,
+    ModelUnavailableError,
+)
 from serving.runtime import Model, ModelCache, check_loadable
-from serving.store import MODEL_FILE, ModelStore
+from serving.store import ModelStore
 
 __all__ = ["DataPlane"]
 
 PREDICT_FIELDS = ("inputs", "events")
-MODEL_FILE_PARAMETER = re.compile(rf"file:([1-9][0-9]{{0,17}})/{re.escape(MODEL_FILE)}")
 
 
 class DataPlane:
@@ -103,6 +105,17 @@ class DataPlane:
         return {"outputs": answer, "model": name, "version": model.version}
 
     # ----------------------------------------------------------------- Open Inference Protocol
+    def versions(self, name: str) -> list[int]:
+        """The model's versions, oldest first."""
+        return self.store.versions(name)
+
+    def ready_model(self, name: str, version: int | None = None) -> Model:
+        """The loaded model version for a readiness check: unloaded is not ready (a 400)."""
+        self.store.get(name, version)
+        if self.store.is_unloaded(name):
+            raise ModelNotReadyError(f"model {name!r} is unloaded, not ready")
+        return self.model(name, version)
+
     def available_model(self, name: str, version: int | None = None) -> Model:
         """The loaded model version, unless the model was unloaded (then a 503)."""
         model_file = self.store.get(name, version)
@@ -123,41 +136,6 @@ class DataPlane:
         model = self.available_model(name, version)
         model.check_tensors(tensors)
         return model, model.run(tensors, outputs)
-
-    def index(self) -> list[dict[str, Any]]:
-        """Every model of the repository: name, latest version, state (READY/UNAVAILABLE)."""
-        entries = []
-        for name in self.store.names():
-            versions = self.store.versions(name)
-            if not versions:  # deleted while listing
-                continue
-            unloaded = self.store.is_unloaded(name)
-            entry = {"name": name, "version": str(versions[-1])}
-            entry["state"] = "UNAVAILABLE" if unloaded else "READY"
-            entry["reason"] = "unloaded" if unloaded else ""
-            entries.append(entry)
-        return entries
-
-    def load(self, name: str, files: Mapping[str, bytes] | None = None) -> None:
-        """Make a model available; with ``{"file:<v>/model.onnx": bytes}``, store it first.
-
-        The ONNX bytes become the model's next version (written atomically and validated
-        like an upload); the version number in the parameter name is not kept.
-        """
-        if files:
-            wrong = [k for k in files if not MODEL_FILE_PARAMETER.fullmatch(k)]
-            if wrong or len(files) > 1:
-                raise BadRequestError(
-                    f"load takes one file parameter 'file:<version>/{MODEL_FILE}' "
-                    f"(got {sorted(files)})"
-                )
-            self.store.add(name, io.BytesIO(next(iter(files.values()))), check=check_loadable)
-        self.store.set_unloaded(name, False)
-
-    def unload(self, name: str) -> None:
-        """Mark a model unavailable (its files stay) and drop this process's sessions of it."""
-        self.store.set_unloaded(name, True)
-        self.cache.forget(name)
 
 
 def _jsonable(array: np.ndarray) -> Any:

@@ -1,7 +1,8 @@
 """Open Inference Protocol (KServe v2) REST routes, so ``tritonclient.http`` works unchanged.
 
 HTTP only: the bodies are parsed and written by :mod:`serving.v2codec`, the work is done by
-the :class:`~serving.dataplane.DataPlane`. ``protocol`` holds health, metadata and infer;
+the :class:`~serving.dataplane.DataPlane` (and the repository extension's by the
+:class:`~serving.repository.Repository`). ``protocol`` holds health, metadata and infer;
 ``repository`` the model-repository extension (protected by the token, like management).
 """
 
@@ -17,8 +18,10 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from serving.auth import authorize_changes
+from serving.dataplane import DataPlane
 from serving.datatypes import ONNX_DATATYPES
-from serving.errors import BadRequestError, ModelNotReadyError
+from serving.errors import BadRequestError
+from serving.repository import Repository
 from serving.runtime import Model, TensorInfo
 from serving.v2codec import (
     decode_inputs,
@@ -38,8 +41,12 @@ repository = Blueprint("v2_repository", __name__)
 repository.before_request(authorize_changes)  # it changes models, as management does
 
 
-def _plane() -> Any:
+def _plane() -> DataPlane:
     return current_app.extensions["rootstream"].plane
+
+
+def _repository() -> Repository:
+    return current_app.extensions["rootstream"].repository
 
 
 def _server_version() -> str:
@@ -68,11 +75,7 @@ def ready() -> Response:
 @protocol.get("/v2/models/<name>/ready")
 @protocol.get("/v2/models/<name>/versions/<int:version>/ready")
 def model_ready(name: str, version: int | None = None) -> Response:
-    plane = _plane()
-    plane.store.get(name, version)
-    if plane.store.is_unloaded(name):
-        raise ModelNotReadyError(f"model {name!r} is unloaded, not ready")
-    plane.model(name, version)
+    _plane().ready_model(name, version)
     return jsonify(name=name, ready=True)
 
 
@@ -91,7 +94,7 @@ def model_metadata(name: str, version: int | None = None) -> Response:
     model: Model = plane.available_model(name, version)
     return jsonify(
         name=name,
-        versions=[str(v) for v in plane.store.versions(name)],
+        versions=[str(v) for v in plane.versions(name)],
         platform=PLATFORM,
         inputs=[_tensor(i) for i in model.inputs],
         outputs=[_tensor(o) for o in model.outputs],
@@ -177,7 +180,7 @@ def repository_index() -> Response:
     only_ready = body.get("ready", False)
     if not isinstance(only_ready, bool):
         raise BadRequestError("'ready' must be true or false")
-    entries = _plane().index()
+    entries = _repository().index()
     return jsonify([e for e in entries if e["state"] == "READY" or not only_ready])
 
 
@@ -202,12 +205,12 @@ def repository_load(name: str) -> Response:
             files[key] = base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError):
             raise BadRequestError(f"parameter {key!r} is not valid base64") from None
-    _plane().load(name, files)
+    _repository().load(name, files)
     return jsonify({})
 
 
 @repository.post("/v2/repository/models/<name>/unload")
 def repository_unload(name: str) -> Response:
     _parameters(_json_object("unload"), "unload")
-    _plane().unload(name)
+    _repository().unload(name)
     return jsonify({})
