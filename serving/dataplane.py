@@ -14,6 +14,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from serving.datatypes import jsonable
 from serving.errors import (
     BadRequestError,
     ModelNotFoundError,
@@ -100,7 +101,7 @@ class DataPlane:
             feeds = model.feeds_from_inputs(body["inputs"])
         else:
             feeds = model.feeds_from_events(body["events"])
-        outputs = {k: _jsonable(v) for k, v in model.run(feeds).items()}
+        outputs = {k: jsonable(v) for k, v in model.run(feeds).items()}
         answer = next(iter(outputs.values())) if len(outputs) == 1 else outputs
         return {"outputs": answer, "model": name, "version": model.version}
 
@@ -136,10 +137,3 @@ class DataPlane:
         model = self.available_model(name, version)
         model.check_tensors(tensors)
         return model, model.run(tensors, outputs)
-
-
-def _jsonable(array: np.ndarray) -> Any:
-    """Nested lists; NaN and infinities (not JSON) become null."""
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        return np.where(np.isfinite(array), array, None).tolist()
-    return array.tolist()

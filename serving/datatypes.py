@@ -1,13 +1,16 @@
-"""Tensor element types: onnxruntime's names, the Open Inference Protocol's, numpy's (one table).
+"""Tensor element types: onnxruntime's names, the Open Inference Protocol's, numpy's (one
+table), and arrays as JSON values.
 
 Pure (numpy): the model runtime and the KServe v2 codec both read it, so they cannot disagree.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
-__all__ = ["DATATYPES", "ONNX_DATATYPES", "ONNX_DTYPES"]
+__all__ = ["DATATYPES", "ONNX_DATATYPES", "ONNX_DTYPES", "jsonable"]
 
 # onnxruntime type string, v2 datatype, numpy dtype (little-endian, as on the wire; None: no
 # numpy type serves it, so it is refused with a clear error)
@@ -36,3 +39,10 @@ ONNX_DATATYPES: dict[str, str] = {onnx: v2 for onnx, v2, _ in _TABLE}
 
 ONNX_DTYPES: dict[str, np.dtype] = {onnx: d for onnx, _, d in _TABLE if d is not None}
 """onnxruntime type string -> numpy dtype."""
+
+
+def jsonable(array: np.ndarray) -> Any:
+    """An array as nested lists; NaN and infinities (not JSON) become null."""
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        return np.where(np.isfinite(array), array, None).tolist()
+    return array.tolist()

@@ -107,13 +107,7 @@ class Model:
         """Check ready rows: a list of rows (one-input model) or ``{input name: rows}``."""
         names = [i.name for i in self.inputs]
         if isinstance(inputs, Mapping):
-            unknown = [k for k in inputs if k not in names]
-            missing = [n for n in names if n not in inputs]
-            if unknown or missing:
-                raise BadRequestError(
-                    f"inputs of model {self.name!r} are {names}; "
-                    + (f"missing {missing}" if missing else f"unknown {unknown}")
-                )
+            self._check_input_names(inputs)
             values = {n: (inputs[n], f"inputs['{n}']") for n in names}
         elif len(names) == 1:
             values = {names[0]: (inputs, "inputs")}
@@ -194,16 +188,20 @@ class Model:
             raise BadRequestError(f"events: {err}") from None
         return {name: arrays[name] for name in self.spec.inputs}
 
-    def check_tensors(self, tensors: Mapping[str, np.ndarray]) -> None:
-        """Check typed tensors (Open Inference Protocol): names, dtypes and fixed dims."""
+    def _check_input_names(self, given: Mapping[str, Any]) -> None:
+        """Every input of the model, and nothing else, is given by name."""
         names = [i.name for i in self.inputs]
-        unknown = [k for k in tensors if k not in names]
-        missing = [n for n in names if n not in tensors]
+        unknown = [k for k in given if k not in names]
+        missing = [n for n in names if n not in given]
         if unknown or missing:
             raise BadRequestError(
                 f"inputs of model {self.name!r} are {names}; "
                 + (f"missing {missing}" if missing else f"unknown {unknown}")
             )
+
+    def check_tensors(self, tensors: Mapping[str, np.ndarray]) -> None:
+        """Check typed tensors (Open Inference Protocol): names, dtypes and fixed dims."""
+        self._check_input_names(tensors)
         for info in self.inputs:
             array = tensors[info.name]
             shape_ok = array.ndim == len(info.shape) and all(

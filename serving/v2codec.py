@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.datatypes import DATATYPES
+from serving.datatypes import DATATYPES, jsonable
 from serving.errors import BadRequestError
 
 __all__ = [
@@ -246,11 +246,7 @@ def encode_response(
             tensor["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
-            flat = array.reshape(-1)
-            if flat.dtype.kind == "f" and not np.isfinite(flat).all():
-                tensor["data"] = np.where(np.isfinite(flat), flat, None).tolist()
-            else:
-                tensor["data"] = flat.tolist()
+            tensor["data"] = jsonable(array.reshape(-1))
         described.append(tensor)
     text = json.dumps({**header, "outputs": described}, separators=(",", ":")).encode()
     if not blobs:

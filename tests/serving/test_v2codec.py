@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from serving.datatypes import DATATYPES
+from serving.datatypes import DATATYPES, jsonable
 from serving.errors import BadRequestError
 from serving.v2codec import (
     RequestedOutput,
@@ -142,3 +142,12 @@ def test_malformed_bodies_are_bad_requests():
     assert "neither" in error_of(json_body(datatype="FP32", shape=[1]), None)
     assert "'inputs'" in error_of(b'{"inputs": []}', None)
     assert "JSON object" in error_of(b"[1, 2]", None)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
+def test_arrays_become_json_with_null_for_nan_and_infinities(dtype):
+    array = np.array([[1.5, np.nan], [np.inf, -np.inf]] if dtype != np.int64 else [[1, 2]], dtype)
+    values = jsonable(array)
+    expected = [[None if not np.isfinite(v) else v.item() for v in row] for row in array]
+    assert values == expected
+    json.dumps(values, allow_nan=False)  # valid JSON: no NaN or Infinity tokens
