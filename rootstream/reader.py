@@ -250,13 +250,22 @@ class EventReader:
                 )
                 infos.append(info)
                 if probe is None:
-                    probe = self._with_retries(
-                        trees,
-                        0,
-                        "entry 0",
-                        lambda tree: probe_columns(tree, self.expressions, executor=trees.executor),
-                    )
+                    probe = self._probe(trees, source)
         return probe, infos
+
+    def _probe(self, trees: TreeCache, source: Source) -> dict[str, Column]:
+        """Entry 0 of every expression (see :func:`probe_columns`), with retries."""
+        try:
+            return self._with_retries(
+                trees,
+                0,
+                "entry 0",
+                lambda tree: probe_columns(tree, self.expressions, executor=trees.executor),
+            )
+        except OSError as err:
+            gave_up = f" (still failing after {self.retries} retries)" if is_transient(err) else ""
+            reason = f"{type(err).__name__}: {err}{gave_up}"
+            raise ChunkReadError.of(source.path, source.tree, 0, 1, reason) from err
 
     @property
     def num_entries(self) -> int:

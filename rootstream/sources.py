@@ -448,12 +448,16 @@ def probe_columns(
     """Read the first entry of every expression: proves it evaluates and shows its kind.
 
     That decompresses the first basket of every branch; ``executor`` does it in parallel.
+    Failing to read (a lost connection, unreadable data) is raised as it is, to be retried
+    or reported as such; only failing to evaluate is a :class:`BranchNotFoundError`.
     """
     try:
         return read_columns(tree, expressions, 0, min(1, tree.num_entries), executor=executor)
-    except UnsupportedBranchError:
+    except (UnsupportedBranchError, OSError):
         raise
     except Exception as err:
+        if is_transient(err):
+            raise
         raise BranchNotFoundError(
             f"cannot evaluate {list(expressions)} on {tree_location(tree)!r}: {err}"
         ) from err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 import random
 import threading
 import time
@@ -12,9 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from rootstream import RootIterableDataset
+from rootstream import RootIterableDataset, sources
 from rootstream.chunks import memory_size
+from rootstream.errors import ChunkReadError
 from rootstream.prefetch import prefetch
+from rootstream.reader import EventReader
 from rootstream.retry import MAX_RETRY_WAIT, backoff
 from rootstream.sources import is_transient, parse_files, split_tree
 
@@ -137,3 +140,24 @@ def test_retry_waits_double_up_to_a_cap_and_are_jittered() -> None:
         waits = [backoff(0.5, attempt, rng=rng) for _ in range(200)]
         assert all(ceiling / 2 <= w <= ceiling for w in waits)
         assert max(waits) - min(waits) > ceiling / 4  # spread: ranks do not retry in step
+
+
+def test_a_lost_connection_while_probing_is_retried_not_called_a_missing_branch(
+    hzz: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    real, failures = sources.read_columns, [ConnectionResetError(104, "reset by peer")]
+
+    def failing_once(*args: object, **kwargs: object) -> object:
+        if failures:
+            raise failures.pop()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sources, "read_columns", failing_once)
+    with caplog.at_level(logging.WARNING, logger="rootstream"):
+        reader = EventReader(hzz, ["MET_px", "Jet_Px"], tree="events", retry_wait=0)
+    assert reader.jagged == {"MET_px": False, "Jet_Px": True}
+    assert any("entry 0" in r.getMessage() and "retry 1" in r.getMessage() for r in caplog.records)
+    failures += [ConnectionResetError(104, "reset by peer")] * 2  # now it lasts: an I/O error
+    with pytest.raises(ChunkReadError, match="still failing after 1 retries") as info:
+        EventReader(hzz, ["MET_px"], tree="events", retries=1, retry_wait=0)
+    assert (info.value.file, info.value.entry_start) == (hzz, 0)  # not a "missing branch"
