@@ -24,9 +24,9 @@ import skhep_testdata
 import uproot
 import uproot.compression
 
-from rootstream import sources, synthetic
+from rootstream import synthetic
 from rootstream.preprocess import Column, Jagged
-from rootstream.sources import Source, close_tree, open_tree, read_columns
+from rootstream.sources import Source, close_tree, open_tree, read_columns, settings
 
 try:
     import isal.isal_zlib as isal_zlib
@@ -40,7 +40,7 @@ needs_isal = pytest.mark.skipif(isal_zlib is None, reason="pip install rootstrea
 
 def _forget_choice() -> None:
     DECOMPRESSOR.__dict__.pop("library", None)
-    sources._select_zlib.cache_clear()
+    settings.select_zlib.cache_clear()
 
 
 @pytest.fixture(autouse=True)

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from rootstream import RootIterableDataset, sources
+from rootstream import RootIterableDataset
 from rootstream.chunks import memory_size
 from rootstream.errors import ChunkReadError
 from rootstream.prefetch import prefetch
 from rootstream.reader import EventReader
 from rootstream.retry import MAX_RETRY_WAIT, backoff
-from rootstream.sources import is_transient, parse_files, split_tree
+from rootstream.sources import columns, is_transient, parse_files, split_tree
 
 from .conftest import write_numbered
 
@@ -145,14 +145,14 @@ def test_retry_waits_double_up_to_a_cap_and_are_jittered() -> None:
 def test_a_lost_connection_while_probing_is_retried_not_called_a_missing_branch(
     hzz: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    real, failures = sources.read_columns, [ConnectionResetError(104, "reset by peer")]
+    real, failures = columns.read_columns, [ConnectionResetError(104, "reset by peer")]
 
     def failing_once(*args: object, **kwargs: object) -> object:
         if failures:
             raise failures.pop()
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(sources, "read_columns", failing_once)
+    monkeypatch.setattr(columns, "read_columns", failing_once)  # what the probe calls
     with caplog.at_level(logging.WARNING, logger="rootstream"):
         reader = EventReader(hzz, ["MET_px", "Jet_Px"], tree="events", retry_wait=0)
     assert reader.jagged == {"MET_px": False, "Jet_Px": True}

@@ -15,7 +15,7 @@ import uproot
 import uproot.compression
 import uproot.source.fsspec
 
-from rootstream.sources import _Source, open_file
+from rootstream.sources.opening import _Source, open_file
 
 
 def test_the_zlib_decompressor_that_reads_has_a_library_and_decompresses() -> None:

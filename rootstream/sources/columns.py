@@ -1,0 +1,101 @@
+"""Reading entries of expressions as numpy columns (flat arrays or ``Jagged``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from typing import Any
+
+import awkward as ak
+import numpy as np
+
+from rootstream.errors import BranchNotFoundError, UnsupportedBranchError
+from rootstream.preprocess import Column, Jagged
+from rootstream.sources.measure import tree_location
+from rootstream.sources.opening import is_rntuple
+from rootstream.sources.transient import is_transient
+
+__all__ = ["probe_columns", "read_columns", "to_column"]
+
+
+def probe_columns(
+    tree: Any, expressions: Sequence[str], *, executor: Executor | None = None
+) -> dict[str, Column]:
+    """Read the first entry of every expression: proves it evaluates and shows its kind.
+
+    That decompresses the first basket of every branch; ``executor`` does it in parallel.
+    Failing to read (a lost connection, unreadable data) is raised as it is, to be retried
+    or reported as such; only failing to evaluate is a :class:`BranchNotFoundError`.
+    """
+    try:
+        return read_columns(tree, expressions, 0, min(1, tree.num_entries), executor=executor)
+    except (UnsupportedBranchError, OSError):
+        raise
+    except Exception as err:
+        if is_transient(err):
+            raise
+        raise BranchNotFoundError(
+            f"cannot evaluate {list(expressions)} on {tree_location(tree)!r}: {err}"
+        ) from err
+
+
+def read_columns(
+    tree: Any,
+    expressions: Sequence[str],
+    start: int,
+    stop: int,
+    *,
+    executor: Executor | None = None,
+) -> dict[str, Column]:
+    """Read entries ``[start, stop)`` of the expressions as numpy columns.
+
+    ``executor`` decompresses baskets in parallel (None: in this thread).
+    """
+    arrays = tree.arrays(
+        list(dict.fromkeys(expressions)),
+        entry_start=start,
+        entry_stop=stop,
+        library="ak",
+        decompression_executor=executor,
+    )
+    columns = {}
+    for expr in expressions:
+        try:
+            columns[expr] = to_column(arrays[expr])
+        except UnsupportedBranchError as err:
+            raise UnsupportedBranchError(f"branch {_describe(tree, expr)} {err}") from None
+    return columns
+
+
+def _describe(tree: Any, expr: str) -> str:
+    """``'Jet_pt' (std::vector<float>) in 'f.root:Events'``, for error messages."""
+    typename = f" ({tree[expr].typename})" if expr in tree and not is_rntuple(tree) else ""
+    return f"{expr!r}{typename} in {tree_location(tree)!r}"
+
+
+def to_column(array: ak.Array) -> Column:
+    """Convert an awkward array of numbers or of lists of numbers to a numpy column."""
+    layout = ak.to_layout(array)
+    if isinstance(layout, ak.contents.RegularArray) and _is_numbers(layout.content):
+        layout = layout.to_ListOffsetArray64(True)
+    if isinstance(layout, ak.contents.ListArray) and _is_numbers(layout.content):
+        layout = layout.to_ListOffsetArray64(True)
+    if _is_numbers(layout):
+        return np.asarray(layout.data)
+    if isinstance(layout, ak.contents.ListOffsetArray) and _is_numbers(layout.content):
+        offsets = np.asarray(layout.offsets.data, dtype=np.int64)
+        content = np.asarray(layout.content.data)[offsets[0] : offsets[-1]]
+        return Jagged(offsets - offsets[0], content)
+    raise UnsupportedBranchError(
+        f"has type {array.type.content}, which cannot be turned into numbers: "
+        "rootstream reads numbers (bool, integers, floats) and variable-length lists of numbers"
+    )
+
+
+def _is_numbers(layout: Any) -> bool:
+    return (
+        isinstance(layout, ak.contents.NumpyArray)
+        and layout.data.ndim == 1
+        and layout.parameter("__array__") not in ("char", "byte")
+        and np.issubdtype(layout.data.dtype, np.number) | (layout.data.dtype == np.bool_)
+    )
