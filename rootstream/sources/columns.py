@@ -8,6 +8,7 @@ from typing import Any
 
 import awkward as ak
 import numpy as np
+import uproot
 
 from rootstream.errors import BranchNotFoundError, UnsupportedBranchError
 from rootstream.preprocess import Column, Jagged
@@ -21,12 +22,41 @@ __all__ = ["probe_columns", "read_columns", "to_column"]
 def probe_columns(
     tree: Any, expressions: Sequence[str], *, executor: Executor | None = None
 ) -> dict[str, Column]:
-    """Read the first entry of every expression: proves it evaluates and shows its kind.
+    """An empty or one-entry column of every expression: its kind (flat or jagged) and dtype.
 
-    That decompresses the first basket of every branch; ``executor`` does it in parallel.
-    Failing to read (a lost connection, unreadable data) is raised as it is, to be retried
-    or reported as such; only failing to evaluate is a :class:`BranchNotFoundError`.
+    A TTree branch of numbers or of variable-length lists of numbers says so in its metadata
+    (uproot's interpretation), and is not read. Anything else (expressions, RNTuple fields,
+    other types) has its first entry read, which proves it evaluates; that decompresses the
+    first basket of every branch it reads (``executor`` does it in parallel). Failing to
+    read (a lost connection, unreadable data) is raised as it is, to be retried or reported
+    as such; only failing to evaluate is a :class:`BranchNotFoundError`.
     """
+    known = {e: _kind_from_metadata(tree, e) for e in expressions}
+    unknown = [e for e, column in known.items() if column is None]
+    if unknown:
+        known.update(_first_entry(tree, unknown, executor))
+    return {e: known[e] for e in expressions}
+
+
+def _kind_from_metadata(tree: Any, expression: str) -> Column | None:
+    """An empty column of the branch's kind and dtype, or None when only reading tells."""
+    if is_rntuple(tree) or expression not in tree:
+        return None
+    interpretation = tree[expression].interpretation
+    jagged = isinstance(interpretation, uproot.AsJagged)
+    inner = interpretation.content if jagged else interpretation
+    if not isinstance(inner, uproot.AsDtype) or inner.inner_shape != ():
+        return None
+    dtype = inner.to_dtype
+    if not (np.issubdtype(dtype, np.number) or dtype == np.bool_):
+        return None
+    content = np.zeros(0, dtype=dtype)
+    return Jagged(np.zeros(1, dtype=np.int64), content) if jagged else content
+
+
+def _first_entry(
+    tree: Any, expressions: Sequence[str], executor: Executor | None
+) -> dict[str, Column]:
     try:
         return read_columns(tree, expressions, 0, min(1, tree.num_entries), executor=executor)
     except (UnsupportedBranchError, OSError):

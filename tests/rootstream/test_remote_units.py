@@ -12,11 +12,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import skhep_testdata
+import uproot
 
 from rootstream import RootIterableDataset
 from rootstream.chunks import memory_size
 from rootstream.errors import ChunkReadError
 from rootstream.prefetch import prefetch
+from rootstream.preprocess import Jagged
 from rootstream.reader import EventReader
 from rootstream.retry import MAX_RETRY_WAIT, backoff
 from rootstream.sources import columns, is_transient, parse_files, split_tree
@@ -154,10 +157,34 @@ def test_a_lost_connection_while_probing_is_retried_not_called_a_missing_branch(
 
     monkeypatch.setattr(columns, "read_columns", failing_once)  # what the probe calls
     with caplog.at_level(logging.WARNING, logger="rootstream"):
-        reader = EventReader(hzz, ["MET_px", "Jet_Px"], tree="events", retry_wait=0)
-    assert reader.jagged == {"MET_px": False, "Jet_Px": True}
+        reader = EventReader(hzz, ["MET_px * 2", "Jet_Px"], tree="events", retry_wait=0)
+    assert reader.jagged == {"MET_px * 2": False, "Jet_Px": True}  # the expression is read
     assert any("entry 0" in r.getMessage() and "retry 1" in r.getMessage() for r in caplog.records)
     failures += [ConnectionResetError(104, "reset by peer")] * 2  # now it lasts: an I/O error
     with pytest.raises(ChunkReadError, match="still failing after 1 retries") as info:
-        EventReader(hzz, ["MET_px"], tree="events", retries=1, retry_wait=0)
+        EventReader(hzz, ["MET_px * 2"], tree="events", retries=1, retry_wait=0)
     assert (info.value.file, info.value.entry_start) == (hzz, 0)  # not a "missing branch"
+
+
+@pytest.mark.parametrize(
+    ("name", "tree"), [("uproot-HZZ.root", "events"), ("uproot-issue63.root", "WtLoop_nominal")]
+)
+def test_the_probe_takes_kinds_and_dtypes_from_metadata_as_a_read_would_give_them(
+    name: str, tree: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened = uproot.open(skhep_testdata.data_path(name))[tree]
+    branches = list(opened.keys())
+    read = columns.read_columns(opened, branches, 0, 1)
+    calls: list[list[str]] = []
+    real = columns.read_columns
+    monkeypatch.setattr(
+        columns, "read_columns", lambda t, e, *a, **k: calls.append(e) or real(t, e, *a, **k)
+    )
+    probed = columns.probe_columns(opened, branches)
+    assert calls == []  # plain numeric branches are not read
+    for branch in branches:
+        got, expected = probed[branch], read[branch]
+        assert type(got) is type(expected), branch
+        content = got.content if isinstance(got, Jagged) else got
+        expected_content = expected.content if isinstance(expected, Jagged) else expected
+        assert content.dtype == expected_content.dtype, branch
