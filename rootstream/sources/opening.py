@@ -16,9 +16,18 @@ from rootstream.errors import InputFileNotFoundError, TreeNotFoundError, close_m
 from rootstream.sources.settings import prepare_xrootd, select_zlib
 from rootstream.sources.specs import Source, is_url, missing_protocol, scheme
 
-__all__ = ["close_tree", "is_missing", "is_rntuple", "open_file", "open_tree", "tree_names"]
+__all__ = [
+    "close_tree",
+    "forget_handles",
+    "is_missing",
+    "is_rntuple",
+    "open_file",
+    "open_tree",
+    "tree_names",
+]
 
 _TREE_CLASSES = ("TTree", "ROOT::RNTuple")
+HANDLE_CLOSE_TIMEOUT = 2  # seconds given to XRootD to close a dropped handle
 
 
 class _RaisingRangeErrors:
@@ -68,6 +77,7 @@ def open_file(path: str) -> Any:
     except ImportError as err:
         raise missing_protocol(path, err) from err
     except Exception as err:
+        forget_handles(path)  # a handle that failed here must not serve the next attempt
         reason = str(err).strip()  # XRootD's messages end with a newline
         if is_missing(err):
             raise InputFileNotFoundError(f"no such file: {path!r} ({reason})") from err
@@ -103,10 +113,30 @@ def close_tree(tree: Any) -> None:
     path = tree.file.file_path
     with contextlib.suppress(Exception):
         tree.file.close()
-    if is_url(path):
-        with contextlib.suppress(Exception):
-            fs, fs_path = fsspec.core.url_to_fs(path)
+    forget_handles(path)
+
+
+def forget_handles(path: str) -> None:
+    """Drop the file handle fsspec keeps open for reuse for a URL (none for a local path).
+
+    fsspec-xrootd caches one handle per URL; a handle closed under it (a lost connection, a
+    failed open whose objects were collected) would fail every later open with "I/O
+    operation on closed file" until its 30 s time-to-live ran out. Its own
+    ``invalidate_cache`` would close such a handle again and wait forever for XRootD to
+    answer (no timeout): the handle is taken out of the cache here, and closed only if it
+    is still open, with a timeout.
+    """
+    if not is_url(path):
+        return
+    with contextlib.suppress(Exception):
+        fs, fs_path = fsspec.core.url_to_fs(path)
+        handles = getattr(fs, "_readonly_filehandle_cache", None)
+        if handles is None:  # another fsspec implementation
             fs.invalidate_cache(fs_path)
+            return
+        item = handles._cache.pop(fs.unstrip_protocol(fs_path), None)
+        if item is not None and item.handle.is_open():
+            item.handle.close(timeout=HANDLE_CLOSE_TIMEOUT)
 
 
 def is_rntuple(tree: Any) -> bool:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import awkward as ak
+import fsspec
 import numpy as np
 import pytest
 import torch
@@ -16,6 +17,7 @@ from torch.utils.data import DataLoader
 from rootstream import RootIterableDataset, Stats
 from rootstream.errors import InputFileNotFoundError, StatsMismatchError
 from rootstream.reader import EventReader
+from rootstream.sources import Source, close_tree, open_file, open_tree
 
 from .conftest import XRootDServer, write_numbered
 
@@ -188,3 +190,22 @@ def test_rntuple_over_root_equals_local(xrootd: XRootDServer, tmp_path: Path) ->
     out = read_all(remote)
     assert_same(out, read_all(local))
     assert out["x"][:, 0].tolist() == list(range(3000))
+
+
+def test_a_handle_closed_in_fsspec_xrootds_cache_fails_one_open_not_every_one(
+    files: dict[str, list],
+) -> None:
+    """fsspec-xrootd reuses one cached handle per URL; once it is closed under the cache (as
+    after a server restart), rootstream's failed open drops it, so the retry opens anew."""
+    url = files["remote"][0]
+    tree = open_tree(Source(url, "Events"))
+    fs, path = fsspec.core.url_to_fs(url)
+    cache = fs._readonly_filehandle_cache._cache
+    (key,) = [k for k in cache if k.endswith(path)]
+    cache[key].handle.close()  # closed, still cached
+    tree.file.close()
+    with pytest.raises(OSError, match="closed file"):
+        open_file(url)
+    reopened = open_tree(Source(url, "Events"))  # the next attempt gets a fresh handle
+    assert reopened.num_entries == SIZES["a.root"]
+    close_tree(reopened)
