@@ -68,7 +68,7 @@ class RootIterableDataset(IterableDataset):
             world size > 1. Refused with ``on_error="skip"``, which could unbalance ranks.
         retries: how many times a transient failure (connection refused or reset, timeout,
             server restart) is retried: the file is reopened and the same chunk read again.
-        retry_wait: seconds before the first retry, doubled before each next one.
+        retry_wait: seconds before the first retry, then doubled (up to 60 s, jittered).
         cache: a directory where decoded chunks are kept, so that later epochs (and other
             datasets and jobs over the same files and branches) read and decompress
             nothing; None takes ``$ROOTSTREAM_CACHE`` (no cache when unset), False none.

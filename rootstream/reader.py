@@ -48,7 +48,7 @@ from rootstream.vocabulary import TASKS
 __all__ = ["Block", "EventReader", "Split", "TreeCache"]
 
 DEFAULT_RETRIES = 5
-DEFAULT_RETRY_WAIT = 1.0  # seconds before the first retry; doubled before each next one
+DEFAULT_RETRY_WAIT = 1.0  # seconds before the first retry, then doubled (rootstream.retry)
 
 logger = logging.getLogger("rootstream")
 T = TypeVar("T")
@@ -263,9 +263,7 @@ class EventReader:
                 lambda tree: probe_columns(tree, self.expressions, executor=trees.executor),
             )
         except OSError as err:
-            gave_up = f" (still failing after {self.retries} retries)" if is_transient(err) else ""
-            reason = f"{type(err).__name__}: {err}{gave_up}"
-            raise ChunkReadError.of(source.path, source.tree, 0, 1, reason) from err
+            raise self._read_error(source, 0, 1, err) from err
 
     @property
     def num_entries(self) -> int:
@@ -411,19 +409,20 @@ class EventReader:
         except UnsupportedBranchError:
             raise
         except Exception as err:
-            gave_up = f" (still failing after {self.retries} retries)" if is_transient(err) else ""
-            error = ChunkReadError.of(
-                source.path,
-                source.tree,
-                chunk.start,
-                chunk.stop,
-                f"{type(err).__name__}: {err}{gave_up}",
-            )
+            error = self._read_error(source, chunk.start, chunk.stop, err)
             if skipped is None:
                 raise error from err
             if error.record() not in skipped:
                 skipped.append(error.record())
             return None
+
+    def _read_error(
+        self, source: Source, entry_start: int, entry_stop: int, err: Exception
+    ) -> ChunkReadError:
+        """The error of entries that could not be read, saying when retries gave up."""
+        gave_up = f" (still failing after {self.retries} retries)" if is_transient(err) else ""
+        reason = f"{type(err).__name__}: {err}{gave_up}"
+        return ChunkReadError.of(source.path, source.tree, entry_start, entry_stop, reason)
 
     def _with_retries(
         self, trees: TreeCache, index: int, what: str, action: Callable[[Any], T]

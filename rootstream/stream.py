@@ -136,12 +136,15 @@ class EpochStream:
                 done += n
 
     def _piece_blocks(
-        self, windows: list[list[Piece]], stop: threading.Event
+        self, windows: list[list[Piece]], called_off: threading.Event
     ) -> Iterator[Block | None]:
-        """The events of every piece of every window, in order (None: unreadable, skipped)."""
+        """The events of every piece of every window, in order (None: unreadable, skipped).
+
+        ``called_off`` is set when the stream closes: a retry's pause ends at once.
+        """
         threads = cpus_of_this_process()
         with (
-            TreeCache(self.reader.sources, threads=threads, stop=stop) as trees,
+            TreeCache(self.reader.sources, threads=threads, stop=called_off) as trees,
             self._filling_bar(windows) as bar,
         ):
             for window in windows:
