@@ -59,7 +59,8 @@ def create_app(config: ServerConfig | Mapping[str, Any] | str | os.PathLike) -> 
     app.json.sort_keys = False  # type: ignore[attr-defined]
     store = ModelStore(config.models, max_bytes=config.max_upload_bytes)
     cache = ModelCache(threads=config.threads or available_cpus(), capacity=config.max_models)
-    services = Services(config, DataPlane(store, cache), Repository(store, cache), Metrics())
+    metrics = Metrics()
+    services = Services(config, DataPlane(store, cache, metrics), Repository(store, cache), metrics)
     app.extensions["rootstream"] = services
     app.wsgi_app = _Observed(app.wsgi_app, services)  # type: ignore[method-assign]
     app.register_blueprint(management)
@@ -86,6 +87,9 @@ management.before_request(authorize_changes)
 
 @management.post("/models/<name>")
 def upload(name: str) -> tuple[Response, int]:
+    """The ONNX file as the body, or as the multipart field ``file`` (with ``config``, a
+    config.pbtxt, as a file or text field beside it)."""
+    config = None
     if request.mimetype == "multipart/form-data":
         file = request.files.get("file")
         if file is None:
@@ -93,10 +97,20 @@ def upload(name: str) -> tuple[Response, int]:
                 f"a multipart upload needs the ONNX file in the field 'file' "
                 f"(got fields {sorted(request.files) + sorted(request.form)})"
             )
-        stream = file.stream
+        stream, config = file.stream, _text_field("config")
     else:
         stream = request.stream
-    return jsonify(_services().plane.upload(name, stream)), 201
+    return jsonify(_services().repository.add(name, stream, config)), 201
+
+
+def _text_field(name: str) -> str | None:
+    """A multipart field's text, sent as a file or as a plain field (None when absent)."""
+    file = request.files.get(name)
+    raw = request.form.get(name) if file is None else file.read()
+    try:
+        return raw.decode() if isinstance(raw, bytes) else raw
+    except UnicodeDecodeError:
+        raise BadRequestError(f"the multipart field {name!r} is not UTF-8 text") from None
 
 
 @management.get("/models")

@@ -1,8 +1,14 @@
-"""``rootstream-serve``: serve the ONNX models of a directory over HTTP.
+"""``rootstream-serve``: serve the ONNX models of a directory over HTTP (and gRPC).
 
 With ``--workers 1`` a threaded werkzeug server runs the app; with more, gunicorn (its
 Python API) forks the workers first and each creates its own app and onnxruntime
 sessions, with the machine's CPUs shared among them for intra-op threads.
+
+With ``--grpc-port``, every one of these processes also runs a gRPC server
+(:mod:`serving.grpcserver`) on that port, on top of the same app: the main process
+reserves the port first (bound, not listening, so no other program takes it), and the
+servers join it with ``SO_REUSEPORT``. No process is added: the gRPC servers stop with
+the processes that run them.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -21,6 +28,7 @@ from typing import Any
 __all__ = ["main"]
 
 log = logging.getLogger("serving.cli")
+GRPC_GRACE_SECONDS = 5.0  # in-flight RPCs may finish within this when the server stops
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--models", required=True, help="model repository: NAME/VERSION/model.onnx")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=8080, help="port (0: any free port)")
+    parser.add_argument(
+        "--grpc-port", type=int, default=None, help="also serve gRPC on this port (0: any free)"
+    )
     parser.add_argument("--workers", type=int, default=1, help="processes; >1 runs gunicorn")
     parser.add_argument(
         "--token",
@@ -69,25 +80,50 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_request_bytes=int(args.max_request_mb * 2**20),
     )
     ModelStore(config.models).clean()
+    reservation = None if args.grpc_port is None else _reserve_port(args.host, args.grpc_port)
+    grpc_address = None if reservation is None else _address(args.host, reservation)
     try:
         if args.workers > 1:
-            _serve_gunicorn(config, args.host, args.port, args.workers)
+            _serve_gunicorn(config, args.host, args.port, args.workers, grpc_address)
         else:
-            _serve_werkzeug(config, args.host, args.port)
+            _serve_werkzeug(config, args.host, args.port, grpc_address)
     finally:
+        if reservation is not None:
+            reservation.close()
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 
 
-def _ready(host: str, port: int, workers: int, config: Any) -> None:
+def _reserve_port(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` (port 0: a free one), not listening: bound without
+    ``SO_REUSEPORT``, so the port is free of any other socket, then given it, so that the
+    gRPC servers of this server's processes can bind the port too."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    reservation = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        reservation.bind((host, port))
+    except OSError as err:
+        reservation.close()
+        raise SystemExit(f"rootstream-serve: error: cannot use --grpc-port {port}: {err}") from None
+    reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    return reservation
+
+
+def _address(host: str, reservation: socket.socket) -> str:
+    port = reservation.getsockname()[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _ready(host: str, port: int, workers: int, config: Any, grpc_address: str | None) -> None:
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
     log.info(
         "listening on %s",
-        url,
+        url if grpc_address is None else f"{url} and grpc://{grpc_address}",
         extra={
             "fields": {
                 "url": url,
+                "grpc": grpc_address,
                 "workers": workers,
                 "models": str(config.models),
                 "threads": config.threads,
@@ -97,35 +133,55 @@ def _ready(host: str, port: int, workers: int, config: Any) -> None:
     )
 
 
-def _serve_werkzeug(config: Any, host: str, port: int) -> None:
+def _serve_werkzeug(config: Any, host: str, port: int, grpc_address: str | None) -> None:
     from werkzeug.serving import make_server
 
     from serving.app import create_app
 
-    server = make_server(host, port, create_app(config), threaded=True)
+    app = create_app(config)
+    server = make_server(host, port, app, threaded=True)
+    grpc_server = None if grpc_address is None else _start_grpc(app, grpc_address)
 
     def stop(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
-    _ready(host, server.port, 1, config)
+    _ready(host, server.port, 1, config, grpc_address)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
         server.server_close()
+        if grpc_server is not None:
+            grpc_server.stop(GRPC_GRACE_SECONDS).wait()
 
 
-def _serve_gunicorn(config: Any, host: str, port: int, workers: int) -> None:
+def _start_grpc(app: Any, address: str) -> Any:
+    from serving.grpcserver import start_grpc_server
+
+    return start_grpc_server(app, address)
+
+
+def _serve_gunicorn(
+    config: Any, host: str, port: int, workers: int, grpc_address: str | None
+) -> None:
     from gunicorn.app.base import BaseApplication
     from prometheus_client import multiprocess
 
-    def when_ready(server: Any) -> None:
-        _ready(host, server.LISTENERS[0].sock.getsockname()[1], workers, config)
+    grpc_servers: list[Any] = []  # this process's gRPC server (in a worker, after fork)
+
+    def post_worker_init(worker: Any) -> None:
+        if worker.age == 1:  # the first worker serves: its app and gRPC server are up
+            port = worker.sockets[0].getsockname()[1]
+            _ready(host, port, workers, config, grpc_address)
 
     def child_exit(server: Any, worker: Any) -> None:
         multiprocess.mark_process_dead(worker.pid)
+
+    def worker_exit(server: Any, worker: Any) -> None:
+        for grpc_server in grpc_servers:
+            grpc_server.stop(GRPC_GRACE_SECONDS).wait()
 
     options = {
         "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
@@ -135,8 +191,9 @@ def _serve_gunicorn(config: Any, host: str, port: int, workers: int) -> None:
         "graceful_timeout": 10,
         "loglevel": "warning",
         "preload_app": False,  # each worker creates its app, and its sessions, after fork
-        "when_ready": when_ready,
+        "post_worker_init": post_worker_init,
         "child_exit": child_exit,
+        "worker_exit": worker_exit,
         "control_socket_disable": True,  # gunicorn 27 opens one at a fixed path for all servers
     }
 
@@ -149,7 +206,10 @@ def _serve_gunicorn(config: Any, host: str, port: int, workers: int) -> None:
         def load(self) -> Any:  # in each worker: onnxruntime imported before fork hangs at exit
             from serving.app import create_app
 
-            return create_app(config)
+            app = create_app(config)
+            if grpc_address is not None:  # grpc, too, must start after fork
+                grpc_servers.append(_start_grpc(app, grpc_address))
+            return app
 
     Server().run()
 

@@ -1,30 +1,43 @@
-"""The data plane: what each route does, free of HTTP.
+"""The data plane: what each route or RPC does, free of HTTP and gRPC.
 
-Routes (:mod:`serving.app`) parse requests and call these methods; the methods use the
-store (files) and the model cache (onnxruntime). Protocol front-ends other than the
-simple JSON one (KServe v2) can call the same methods.
+Routes (:mod:`serving.app`, :mod:`serving.v2`) and RPCs (:mod:`serving.grpcserver`) parse
+requests and call these methods; the methods use the store (files), the model cache
+(onnxruntime) and the metrics. Every inference, of every protocol, runs through
+:meth:`DataPlane._run`: the model's configuration is applied there, and each request is
+counted per model version there.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
-from typing import Any, BinaryIO
+import time
+from collections.abc import Callable, Mapping
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from serving.datatypes import jsonable
 from serving.errors import (
     BadRequestError,
+    InvalidConfigError,
     ModelNotFoundError,
     ModelNotReadyError,
     ModelUnavailableError,
 )
-from serving.runtime import Model, ModelCache, check_loadable
+from serving.metrics import Metrics, ModelStatistics
+from serving.modelconfig import PLATFORM
+from serving.runtime import Model, ModelCache
 from serving.store import ModelStore
 
+if TYPE_CHECKING:
+    from tritonclient.grpc.model_config_pb2 import ModelConfig
+
 __all__ = ["DataPlane"]
+
+SERVER_NAME = "rootstream"
 
 PREDICT_FIELDS = ("inputs", "events")
 
@@ -35,10 +48,11 @@ class DataPlane:
     Args:
         store: the model repository.
         cache: this process's loaded models.
+        metrics: where each model version's requests are counted.
     """
 
-    def __init__(self, store: ModelStore, cache: ModelCache) -> None:
-        self.store, self.cache = store, cache
+    def __init__(self, store: ModelStore, cache: ModelCache, metrics: Metrics) -> None:
+        self.store, self.cache, self.metrics = store, cache, metrics
 
     def model(self, name: str, version: int | None = None) -> Model:
         """The loaded model version (the latest when ``version`` is None)."""
@@ -50,10 +64,6 @@ class DataPlane:
                 raise
         # deleted between the lookup and the load: look again
         return self.cache.get(self.store.get(name, version))
-
-    def upload(self, name: str, stream: BinaryIO) -> dict[str, Any]:
-        version = self.store.add(name, stream, check=check_loadable)
-        return {"model": name, "version": version}
 
     def list(self) -> dict[str, Any]:
         models = []
@@ -98,33 +108,71 @@ class DataPlane:
             )
         model = self.model(name, version)
         if given[0] == "inputs":
-            feeds = model.feeds_from_inputs(body["inputs"])
+            arrays = self._run(model, lambda: model.feeds_from_inputs(body["inputs"]))
         else:
-            feeds = model.feeds_from_events(body["events"])
-        outputs = {k: jsonable(v) for k, v in model.run(feeds).items()}
+            arrays = self._run(model, lambda: model.feeds_from_events(body["events"]))
+        outputs = {k: jsonable(v) for k, v in arrays.items()}
         answer = next(iter(outputs.values())) if len(outputs) == 1 else outputs
         return {"outputs": answer, "model": name, "version": model.version}
 
     # ----------------------------------------------------------------- Open Inference Protocol
+    def server_metadata(self) -> dict[str, str]:
+        """The server's name and version (each protocol adds its extensions)."""
+        try:
+            version = package_version("rootstream")
+        except PackageNotFoundError:  # running from a source tree that is not installed
+            version = "0+unknown"
+        return {"name": SERVER_NAME, "version": version}
+
     def versions(self, name: str) -> list[int]:
         """The model's versions, oldest first."""
         return self.store.versions(name)
 
     def ready_model(self, name: str, version: int | None = None) -> Model:
-        """The loaded model version for a readiness check: unloaded is not ready (a 400)."""
-        self.store.get(name, version)
-        if self.store.is_unloaded(name):
-            raise ModelNotReadyError(f"model {name!r} is unloaded, not ready")
-        return self.model(name, version)
+        """The loaded model version for a readiness check: unloaded, or with an invalid
+        configuration, is not ready (a 400)."""
+        try:
+            return self.available_model(name, version)
+        except ModelUnavailableError as err:
+            raise ModelNotReadyError(err.message) from None
 
     def available_model(self, name: str, version: int | None = None) -> Model:
-        """The loaded model version, unless the model was unloaded (then a 503)."""
+        """The loaded model version, unless the model was unloaded or its configuration is
+        invalid (then a 503)."""
         model_file = self.store.get(name, version)
         if self.store.is_unloaded(name):
             raise ModelUnavailableError(
                 f"model {name!r} is unloaded; load it with POST /v2/repository/models/{name}/load"
             )
-        return self.model(name, model_file.version)
+        model = self.model(name, model_file.version)
+        self._configuration(model)
+        return model
+
+    def metadata(self, name: str, version: int | None = None) -> dict[str, Any]:
+        """The model's Open Inference Protocol metadata: versions, platform, tensors."""
+        model = self.available_model(name, version)
+        return {
+            "name": name,
+            "versions": [str(v) for v in self.versions(name)],
+            "platform": PLATFORM,
+            "inputs": [i.metadata() for i in model.inputs],
+            "outputs": [o.metadata() for o in model.outputs],
+        }
+
+    def config(self, name: str, version: int | None = None) -> ModelConfig:
+        """The model's Triton configuration: its ``config.pbtxt`` completed, or derived."""
+        return self._configuration(self.available_model(name, version))[0]
+
+    def _configuration(self, model: Model) -> tuple[ModelConfig, bool]:
+        """The model's configuration, and whether it is stored (only then does it limit
+        request sizes)."""
+        stored = self.store.config_file(model.name)
+        try:
+            return model.config(stored), stored is not None
+        except InvalidConfigError as err:
+            raise ModelUnavailableError(
+                f"model {model.name!r} is unavailable: its configuration is invalid: {err.message}"
+            ) from None
 
     def infer(
         self,
@@ -135,5 +183,66 @@ class DataPlane:
     ) -> tuple[Model, dict[str, np.ndarray]]:
         """Run typed tensors through the model: the model and ``{output name: array}``."""
         model = self.available_model(name, version)
-        model.check_tensors(tensors)
-        return model, model.run(tensors, outputs)
+
+        def feeds() -> Mapping[str, np.ndarray]:
+            model.check_tensors(tensors)
+            return tensors
+
+        return model, self._run(model, feeds, outputs)
+
+    def statistics(
+        self, name: str | None = None, version: int | None = None
+    ) -> list[tuple[str, int, ModelStatistics]]:
+        """``(name, version, statistics)`` of one model version, of a model's versions (no
+        ``version``) or of every model (no ``name``), over all workers."""
+        counted = self.metrics.model_statistics()
+        if name is None:
+            keys = [(n, v) for n in self.store.names() for v in self.store.versions(n)]
+        elif version is None:
+            self.store.get(name)  # raises for an unknown model
+            keys = [(name, v) for v in self.store.versions(name)]
+        else:
+            keys = [(name, self.store.get(name, version).version)]
+        return [(n, v, counted.get((n, v), ModelStatistics())) for n, v in keys]
+
+    def _run(
+        self,
+        model: Model,
+        feeds_of: Callable[[], Mapping[str, np.ndarray]],
+        outputs: list[str] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Check and run one request, counted in the model version's statistics.
+
+        Args:
+            model: the model version.
+            feeds_of: makes the checked input arrays (raising BadRequestError).
+            outputs: the outputs wanted (default: all).
+        """
+        start = time.perf_counter()
+        try:
+            feeds = feeds_of()
+            rows = _rows(feeds)
+            self._check_rows(model, rows)
+            arrays = model.run(feeds, outputs)
+        except BadRequestError:
+            self.metrics.observe_inference(model.name, model.version, _since(start), None)
+            raise
+        self.metrics.observe_inference(model.name, model.version, _since(start), rows)
+        return arrays
+
+    def _check_rows(self, model: Model, rows: int) -> None:
+        config, stored = self._configuration(model)
+        if stored and 0 < config.max_batch_size < rows:
+            raise BadRequestError(
+                f"the request holds {rows} rows; model {model.name!r} takes at most "
+                f"max_batch_size {config.max_batch_size} per request (its config.pbtxt)"
+            )
+
+
+def _rows(feeds: Mapping[str, np.ndarray]) -> int:
+    """The rows (events) of a request: the first axis of its inputs (1 for scalars)."""
+    return max((a.shape[0] if a.ndim else 1 for a in feeds.values()), default=0)
+
+
+def _since(start: float) -> float:
+    return time.perf_counter() - start

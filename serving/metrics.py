@@ -1,13 +1,16 @@
-"""Prometheus metrics of the server: requests, latency, errors by status, models loaded.
+"""Prometheus metrics of the server: requests, latency, errors by status, models loaded, and
+each model version's requests (succeeded, failed, their time) and rows.
 
 Each app has its own registry (no module-level state). Under gunicorn the CLI sets
 ``PROMETHEUS_MULTIPROC_DIR`` before prometheus-client is imported, every worker writes
-its values there, and ``/metrics`` (whichever worker answers) sums all workers.
+its values there, and ``/metrics`` (whichever worker answers) sums all workers; so does
+:meth:`Metrics.model_statistics`, which gRPC's ModelStatistics answers from.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import (
@@ -20,10 +23,34 @@ from prometheus_client import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 
-__all__ = ["MULTIPROCESS_ENV", "Metrics"]
+__all__ = ["MULTIPROCESS_ENV", "Metrics", "ModelStatistics", "Tally"]
 
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
+MODEL_DURATION = "rootstream_model_request_duration_seconds"
+MODEL_ROWS = "rootstream_model_inferences"
+
+
+@dataclass
+class Tally:
+    """Requests counted, and the seconds they took."""
+
+    count: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class ModelStatistics:
+    """One model version's inference requests since the server started, over all workers.
+
+    A request that reached the model (its name and version resolved) succeeded, or failed
+    on a shape, dtype or value the model does not take; ``rows`` (events) counts the
+    successful ones' rows.
+    """
+
+    success: Tally = field(default_factory=Tally)
+    failure: Tally = field(default_factory=Tally)
+    rows: int = 0
 
 
 class Metrics:
@@ -63,6 +90,20 @@ class Metrics:
             registry=values,
             multiprocess_mode="livesum",
         )
+        self.model_durations = Histogram(
+            MODEL_DURATION,
+            "Time to check and run a model's requests, by model, version and outcome",
+            ["model", "version", "outcome"],
+            buckets=LATENCY_BUCKETS,
+            registry=values,
+        )
+        self.model_rows = Counter(
+            MODEL_ROWS,
+            "Rows (events) inferred by successful requests, by model and version",
+            ["model", "version"],
+            registry=values,
+        )
+        self._model_children: dict[tuple[str, int, bool], tuple[Any, Any]] = {}
 
     def observe(
         self, method: str, route: str, code: int, seconds: float, models_loaded: int
@@ -86,6 +127,41 @@ class Metrics:
         if models_loaded != self._models_loaded:
             self._models_loaded = models_loaded
             self.models_loaded.set(models_loaded)
+
+    def observe_inference(self, model: str, version: int, seconds: float, rows: int | None) -> None:
+        """Record one request to a model version: ``rows`` inferred, or None when it failed."""
+        key = (model, version, rows is not None)
+        children = self._model_children.get(key)
+        if children is None:  # resolve the labels once per (model, version, outcome)
+            outcome = "success" if rows is not None else "failure"
+            children = (
+                self.model_durations.labels(model, str(version), outcome),
+                self.model_rows.labels(model, str(version)),
+            )
+            self._model_children[key] = children
+        duration, counted_rows = children
+        duration.observe(seconds)
+        if rows is not None:
+            counted_rows.inc(rows)
+
+    def model_statistics(self) -> dict[tuple[str, int], ModelStatistics]:
+        """Every model version's statistics, keyed by (name, version), from the counters."""
+        statistics: dict[tuple[str, int], ModelStatistics] = {}
+        for family in self.registry.collect():
+            if family.name not in (MODEL_DURATION, MODEL_ROWS):
+                continue
+            for sample in family.samples:
+                key = (sample.labels["model"], int(sample.labels["version"]))
+                entry = statistics.setdefault(key, ModelStatistics())
+                if sample.name == f"{MODEL_ROWS}_total":
+                    entry.rows = int(sample.value)
+                    continue
+                tally = getattr(entry, sample.labels["outcome"])
+                if sample.name == f"{MODEL_DURATION}_count":
+                    tally.count = int(sample.value)
+                elif sample.name == f"{MODEL_DURATION}_sum":
+                    tally.seconds = sample.value
+        return statistics
 
     def exposition(self) -> tuple[bytes, str]:
         """The text format body and its content type."""

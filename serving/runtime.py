@@ -14,7 +14,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnxruntime as ort
@@ -23,11 +23,15 @@ from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 from rootstream.errors import InvalidEventError
 from rootstream.metadata import ModelSpec
 from rootstream.preprocess import assemble, columns_from_events
-from serving.datatypes import ONNX_DTYPES
+from serving.datatypes import ONNX_DATATYPES, ONNX_DTYPES
 from serving.errors import BadRequestError, InvalidModelError
-from serving.store import ModelFile
+from serving.modelconfig import complete_config, derive_config, read_config
+from serving.store import ConfigFile, ModelFile
 
-__all__ = ["Model", "ModelCache", "TensorInfo", "check_loadable"]
+if TYPE_CHECKING:
+    from tritonclient.grpc.model_config_pb2 import ModelConfig
+
+__all__ = ["Model", "ModelCache", "TensorInfo", "signature"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,14 @@ class TensorInfo:
     @property
     def dtype(self) -> np.dtype | None:
         return ONNX_DTYPES.get(self.type)
+
+    def metadata(self) -> dict[str, Any]:
+        """``{"name", "datatype", "shape"}`` as the Open Inference Protocol describes tensors."""
+        return {
+            "name": self.name,
+            "datatype": ONNX_DATATYPES.get(self.type, self.type),
+            "shape": [-1 if d is None else d for d in self.shape],
+        }
 
     def signature(self) -> str:
         """``[N, 28] float32``: the shape (N for a dynamic axis) and dtype, for messages."""
@@ -69,12 +81,18 @@ def _session(path: str | os.PathLike, threads: int) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def check_loadable(path: Path) -> None:
-    """Raise :class:`InvalidModelError` unless onnxruntime can load the model at ``path``."""
+def signature(path: Path) -> tuple[list[TensorInfo], list[TensorInfo]]:
+    """The inputs and outputs of the model at ``path``, loaded by onnxruntime.
+
+    Raises:
+        InvalidModelError: onnxruntime cannot load it.
+    """
     try:
-        _session(path, 1)
+        session = _session(path, 1)
     except Exception as err:  # onnxruntime raises its own types for every kind of failure
         raise InvalidModelError(f"onnxruntime cannot load the model: {err}") from None
+    inputs = [TensorInfo.of(i) for i in session.get_inputs()]
+    return inputs, [TensorInfo.of(o) for o in session.get_outputs()]
 
 
 class Model:
@@ -93,6 +111,31 @@ class Model:
         metadata = self.session.get_modelmeta().custom_metadata_map
         self.spec: ModelSpec | None = ModelSpec.from_metadata(metadata)
         self._output_names = [o.name for o in self.outputs]
+        self._config: tuple[tuple | None, ModelConfig] | None = None  # (file identity, config)
+
+    def config(self, stored: ConfigFile | None) -> ModelConfig:
+        """The model's configuration: the stored file checked and completed, else derived.
+
+        Args:
+            stored: the model's ``config.pbtxt`` (None when it has none).
+
+        Raises:
+            InvalidConfigError: the file is no valid configuration of this model; the
+                message names the file and the field.
+        """
+        identity = None if stored is None else stored.identity
+        cached = self._config
+        if cached is not None and cached[0] == identity:
+            return cached[1]
+        if stored is None:
+            config = derive_config(self.name, self.inputs, self.outputs)
+        else:
+            parsed = read_config(stored.path)
+            config = complete_config(
+                parsed, self.name, self.inputs, self.outputs, source=stored.path
+            )
+        self._config = (identity, config)
+        return config
 
     def describe(self) -> dict[str, Any]:
         """Inputs, outputs and the spec summary (None without rootstream metadata)."""

@@ -3,6 +3,7 @@
 ::
 
     <root>/<name>/<version>/model.onnx      versions 1, 2, ...; the highest serves by default
+    <root>/<name>/config.pbtxt              its Triton model configuration (optional)
     <root>/<name>/.unloaded                 present while the model is unloaded (KServe v2)
 
 Every change is atomic. An upload is written, flushed and validated in a hidden staging
@@ -38,9 +39,18 @@ from serving.errors import (
     PayloadTooLargeError,
 )
 
-__all__ = ["MODEL_FILE", "ModelFile", "ModelStore", "validate_name", "validate_onnx"]
+__all__ = [
+    "CONFIG_FILE",
+    "MODEL_FILE",
+    "ConfigFile",
+    "ModelFile",
+    "ModelStore",
+    "validate_name",
+    "validate_onnx",
+]
 
 MODEL_FILE = "model.onnx"
+CONFIG_FILE = "config.pbtxt"
 NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 VERSION = re.compile(r"[1-9][0-9]{0,17}")
 _CHUNK = 1 << 20
@@ -57,6 +67,13 @@ class ModelFile(NamedTuple):
     version: int
     path: str
     identity: tuple[int, int]
+
+
+class ConfigFile(NamedTuple):
+    """A model's stored configuration; ``identity`` (inode, mtime, size) is new for every write."""
+
+    path: str
+    identity: tuple[int, int, int]
 
 
 def validate_name(name: str) -> None:
@@ -162,7 +179,34 @@ class ModelStore:
             with contextlib.suppress(FileNotFoundError):
                 marker.unlink()
 
+    def config_file(self, name: str) -> ConfigFile | None:
+        """The model's ``config.pbtxt``, or None when it has none."""
+        path = f"{self._root}{os.sep}{name}{os.sep}{CONFIG_FILE}"
+        try:
+            st = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return ConfigFile(path, (st.st_ino, st.st_mtime_ns, st.st_size))
+
     # ----------------------------------------------------------------- writing
+    def write_config(self, name: str, text: str) -> None:
+        """Store an existing model's ``config.pbtxt`` (atomically: written aside, renamed)."""
+        self.get(name)
+        model_dir = self.root / name
+        staging = model_dir / f"{_STAGING}{uuid.uuid4().hex}"
+        try:
+            with open(staging, "w", encoding="utf-8") as out:
+                out.write(text)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(staging, model_dir / CONFIG_FILE)
+        except FileNotFoundError:
+            raise ConflictError(f"model {name!r} was deleted meanwhile; retry") from None
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(staging)
+        _fsync_dir(model_dir)
+
     def add(
         self, name: str, stream: BinaryIO, *, check: Callable[[Path], None] | None = None
     ) -> int:
@@ -260,8 +304,9 @@ class ModelStore:
             raise ModelNotFoundError(f"model {name!r} was deleted meanwhile") from None
         shutil.rmtree(trash, ignore_errors=True)
         if version is not None and not self._listing(name):
-            with contextlib.suppress(OSError):
-                os.unlink(self.root / name / UNLOADED)
+            for leftover in (UNLOADED, CONFIG_FILE):
+                with contextlib.suppress(OSError):
+                    os.unlink(self.root / name / leftover)
             with contextlib.suppress(OSError):  # not empty: an upload is in flight
                 os.rmdir(self.root / name)
         return deleted
@@ -274,7 +319,7 @@ class ModelStore:
             elif entry.is_dir() and not entry.name.startswith("."):
                 for sub in os.scandir(entry.path):
                     if sub.name.startswith((_STAGING, _TRASH)):
-                        shutil.rmtree(sub.path, ignore_errors=True)
+                        _remove(sub)
                 with contextlib.suppress(OSError):
                     os.rmdir(entry.path)  # only succeeds when empty
 
@@ -332,6 +377,15 @@ def _tensors(model: Any) -> Iterator[Any]:
                 if attr.HasField("g"):
                     graphs.append(attr.g)
                 graphs.extend(attr.graphs)
+
+
+def _remove(entry: os.DirEntry) -> None:
+    """Remove a leftover: a staging directory, or a configuration written aside."""
+    if entry.is_dir(follow_symlinks=False):
+        shutil.rmtree(entry.path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(entry.path)
 
 
 def _trash_name(name: str) -> str:

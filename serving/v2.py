@@ -11,18 +11,15 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version as package_version
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from serving.auth import authorize_changes
 from serving.dataplane import DataPlane
-from serving.datatypes import ONNX_DATATYPES
 from serving.errors import BadRequestError
+from serving.modelconfig import config_as_dict
 from serving.repository import Repository
-from serving.runtime import Model, TensorInfo
 from serving.v2codec import (
     decode_inputs,
     decode_outputs,
@@ -32,9 +29,8 @@ from serving.v2codec import (
 
 __all__ = ["EXTENSIONS", "protocol", "repository"]
 
-EXTENSIONS = ["binary_tensor_data", "model_repository"]
+EXTENSIONS = ["binary_tensor_data", "model_repository", "model_configuration"]
 HEADER_LENGTH = "Inference-Header-Content-Length"
-PLATFORM = "onnxruntime_onnx"
 
 protocol = Blueprint("v2", __name__)
 repository = Blueprint("v2_repository", __name__)
@@ -49,17 +45,10 @@ def _repository() -> Repository:
     return current_app.extensions["rootstream"].repository
 
 
-def _server_version() -> str:
-    try:
-        return package_version("rootstream")
-    except PackageNotFoundError:  # running from a source tree that is not installed
-        return "0+unknown"
-
-
 # ----------------------------------------------------------------- health and metadata
 @protocol.get("/v2")
 def server_metadata() -> Response:
-    return jsonify(name="rootstream", version=_server_version(), extensions=EXTENSIONS)
+    return jsonify(**_plane().server_metadata(), extensions=EXTENSIONS)
 
 
 @protocol.get("/v2/health/live")
@@ -79,49 +68,17 @@ def model_ready(name: str, version: int | None = None) -> Response:
     return jsonify(name=name, ready=True)
 
 
-def _tensor(info: TensorInfo) -> dict[str, Any]:
-    return {
-        "name": info.name,
-        "datatype": ONNX_DATATYPES.get(info.type, info.type),
-        "shape": [-1 if d is None else d for d in info.shape],
-    }
-
-
 @protocol.get("/v2/models/<name>")
 @protocol.get("/v2/models/<name>/versions/<int:version>")
 def model_metadata(name: str, version: int | None = None) -> Response:
-    plane = _plane()
-    model: Model = plane.available_model(name, version)
-    return jsonify(
-        name=name,
-        versions=[str(v) for v in plane.versions(name)],
-        platform=PLATFORM,
-        inputs=[_tensor(i) for i in model.inputs],
-        outputs=[_tensor(o) for o in model.outputs],
-    )
+    return jsonify(_plane().metadata(name, version))
 
 
 @protocol.get("/v2/models/<name>/config")
 @protocol.get("/v2/models/<name>/versions/<int:version>/config")
 def model_config(name: str, version: int | None = None) -> Response:
-    """A Triton model configuration; ``max_batch_size`` 0 with the batch axis as -1 in dims."""
-    model: Model = _plane().available_model(name, version)
-
-    def config(info: TensorInfo) -> dict[str, Any]:
-        datatype = ONNX_DATATYPES.get(info.type, info.type)
-        dtype = "STRING" if datatype == "BYTES" else datatype
-        dims = [-1 if d is None else d for d in info.shape]
-        return {"name": info.name, "data_type": f"TYPE_{dtype}", "dims": dims}
-
-    return jsonify(
-        name=name,
-        platform=PLATFORM,
-        backend="onnxruntime",
-        max_batch_size=0,
-        version_policy={"latest": {"num_versions": 1}},
-        input=[config(i) for i in model.inputs],
-        output=[config(o) for o in model.outputs],
-    )
+    """The model's Triton configuration: its config.pbtxt completed, or derived."""
+    return jsonify(config_as_dict(_plane().config(name, version)))
 
 
 # ----------------------------------------------------------------- inference
@@ -180,21 +137,15 @@ def repository_index() -> Response:
     only_ready = body.get("ready", False)
     if not isinstance(only_ready, bool):
         raise BadRequestError("'ready' must be true or false")
-    entries = _repository().index()
-    return jsonify([e for e in entries if e["state"] == "READY" or not only_ready])
+    return jsonify(_repository().index(ready_only=only_ready))
 
 
 @repository.post("/v2/repository/models/<name>/load")
 def repository_load(name: str) -> Response:
     parameters = _parameters(_json_object("load"), "load")
     config = parameters.get("config")
-    if config is not None:
-        try:
-            parsed = json.loads(config) if isinstance(config, str) else None
-        except ValueError as err:
-            raise BadRequestError(f"parameters.config is not valid JSON: {err}") from None
-        if not isinstance(parsed, dict):
-            raise BadRequestError("parameters.config must be a JSON object in a string")
+    if config is not None and not isinstance(config, str):
+        raise BadRequestError("parameters.config must be a JSON object in a string")
     files = {}
     for key, value in parameters.items():
         if not key.startswith("file:"):
@@ -205,7 +156,7 @@ def repository_load(name: str) -> Response:
             files[key] = base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError):
             raise BadRequestError(f"parameter {key!r} is not valid base64") from None
-    _repository().load(name, files)
+    _repository().load(name, files, config)
     return jsonify({})
 
 

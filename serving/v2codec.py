@@ -21,15 +21,24 @@ from serving.errors import BadRequestError
 
 __all__ = [
     "RequestedOutput",
+    "array_from_values",
+    "checked_shape",
     "decode_inputs",
     "decode_outputs",
     "encode_response",
+    "little_endian_bytes",
+    "numpy_dtype",
     "split_body",
     "v2_datatype",
 ]
 
 
 _KINDS = {"BOOL": "b", **{k: "biu" for k in DATATYPES if "INT" in k}}  # ints accept bools
+
+
+def little_endian_bytes(array: np.ndarray) -> bytes:
+    """The array's elements as the protocol sends them: row-major, little-endian."""
+    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
 
 
 def v2_datatype(dtype: np.dtype) -> str:
@@ -99,17 +108,18 @@ def decode_inputs(header: Mapping[str, Any], binary: memoryview) -> dict[str, np
             raise BadRequestError(f"inputs[{index}] needs a string 'name'")
         if name in arrays:
             raise BadRequestError(f"input {name!r} is given twice")
-        dtype, shape = _datatype(tensor, f"input {name!r}"), _shape(tensor, name)
-        count = math.prod(shape)
+        datatype = tensor.get("datatype")
+        dtype = numpy_dtype(datatype, f"input {name!r}")
+        shape = checked_shape(tensor.get("shape"), name)
         size = _binary_size(tensor.get("parameters"), name)
         if size is not None:
             if "data" in tensor:
                 raise BadRequestError(f"input {name!r} has both 'data' and binary_data_size")
-            expected = count * dtype.itemsize
+            expected = math.prod(shape) * dtype.itemsize
             if size != expected:
                 raise BadRequestError(
                     f"input {name!r}: binary_data_size is {size} bytes, but shape {shape} of "
-                    f"{tensor['datatype']} takes {expected}"
+                    f"{datatype} takes {expected}"
                 )
             if offset + size > len(binary):
                 raise BadRequestError(
@@ -118,8 +128,12 @@ def decode_inputs(header: Mapping[str, Any], binary: memoryview) -> dict[str, np
                 )
             array = np.frombuffer(binary[offset : offset + size], dtype=dtype).reshape(shape)
             offset += size
+        elif "data" in tensor:
+            array = array_from_values(tensor["data"], name, datatype, shape)
         else:
-            array = _from_json(tensor, name, dtype, shape, count)
+            raise BadRequestError(
+                f"input {name!r} has neither 'data' nor parameters.binary_data_size"
+            )
         arrays[name] = array
     if offset != len(binary):
         raise BadRequestError(
@@ -129,16 +143,16 @@ def decode_inputs(header: Mapping[str, Any], binary: memoryview) -> dict[str, np
     return arrays
 
 
-def _datatype(tensor: Mapping[str, Any], what: str) -> np.dtype:
-    datatype = tensor.get("datatype")
+def numpy_dtype(datatype: Any, what: str) -> np.dtype:
+    """The numpy dtype of a v2 datatype (``FP32``); ``what`` names the tensor in errors."""
     if datatype not in DATATYPES:
         supported = ", ".join(DATATYPES)
         raise BadRequestError(f"{what} has datatype {datatype!r}; supported: {supported}")
     return DATATYPES[datatype]
 
 
-def _shape(tensor: Mapping[str, Any], name: str) -> list[int]:
-    shape = tensor.get("shape")
+def checked_shape(shape: Any, name: str) -> list[int]:
+    """``shape`` when it is a list of non-negative integers (it names input ``name``)."""
     ok = isinstance(shape, list) and all(
         isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**40 for d in shape
     )
@@ -160,32 +174,42 @@ def _binary_size(parameters: Any, name: str) -> int | None:
     return size
 
 
-def _from_json(
-    tensor: Mapping[str, Any], name: str, dtype: np.dtype, shape: list[int], count: int
+def array_from_values(
+    values: Any, name: str, datatype: str, shape: list[int], field: str = "'data'"
 ) -> np.ndarray:
-    if "data" not in tensor:
-        raise BadRequestError(f"input {name!r} has neither 'data' nor parameters.binary_data_size")
+    """An input's array from its values (nested or flat, row-major), checked.
+
+    Args:
+        values: the values (JSON lists, or a protobuf repeated field).
+        name, datatype, shape: the input's, as the request gives them.
+        field: where the values were, for errors.
+
+    Raises:
+        BadRequestError: ragged values, values of another kind or out of the datatype's
+            range, or a count that does not match ``shape``.
+    """
     try:
-        values = np.asarray(tensor["data"])
+        array = np.asarray(values)
     except (ValueError, TypeError):
-        raise BadRequestError(f"input {name!r}: 'data' is ragged") from None
-    kind = values.dtype.kind
-    allowed = _KINDS.get(tensor["datatype"], "biuf")
-    if values.size and kind not in allowed:
+        raise BadRequestError(f"input {name!r}: {field} is ragged") from None
+    allowed = _KINDS.get(datatype, "biuf")
+    if array.size and array.dtype.kind not in allowed:
         want = {"b": "true/false", "biu": "integers"}.get(allowed, "numbers")
-        raise BadRequestError(f"input {name!r} of {tensor['datatype']}: 'data' must hold {want}")
-    if values.size != count:
+        raise BadRequestError(f"input {name!r} of {datatype}: {field} must hold {want}")
+    count = math.prod(shape)
+    if array.size != count:
         raise BadRequestError(
-            f"input {name!r}: 'data' holds {values.size} values, shape {shape} needs {count}"
+            f"input {name!r}: {field} holds {array.size} values, shape {shape} needs {count}"
         )
+    dtype = DATATYPES[datatype]
     try:
         with np.errstate(over="ignore", invalid="ignore"):
-            array = values.astype(dtype).reshape(shape)
+            converted = array.astype(dtype).reshape(shape)
     except (OverflowError, ValueError):
-        raise BadRequestError(f"input {name!r}: values out of {tensor['datatype']} range") from None
-    if dtype.kind in "iu" and not np.array_equal(array.reshape(values.shape), values):
-        raise BadRequestError(f"input {name!r}: values out of {tensor['datatype']} range")
-    return array
+        raise BadRequestError(f"input {name!r}: values out of {datatype} range") from None
+    if dtype.kind in "iu" and not np.array_equal(converted.reshape(array.shape), array):
+        raise BadRequestError(f"input {name!r}: values out of {datatype} range")
+    return converted
 
 
 def decode_outputs(header: Mapping[str, Any]) -> tuple[list[RequestedOutput] | None, bool]:
@@ -242,7 +266,7 @@ def encode_response(
             "shape": list(array.shape),
         }
         if binary:
-            blob = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+            blob = little_endian_bytes(array)
             tensor["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:

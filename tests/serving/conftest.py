@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -154,6 +155,14 @@ def bare_onnx(mlp, tmp_path_factory) -> Path:
     return path
 
 
+def store_models(models: Path, versions: list[tuple[str, int, Path]]) -> Path:
+    """Copy ONNX files into a model store: ``(name, version, source)`` each."""
+    for name, version, source in versions:
+        (models / name / str(version)).mkdir(parents=True)
+        shutil.copy(source, models / name / str(version) / "model.onnx")
+    return models
+
+
 # ----------------------------------------------------------------- the server
 @dataclass
 class Server:
@@ -161,6 +170,7 @@ class Server:
     process: subprocess.Popen
     log: Path
     models: Path
+    grpc: str | None = None  # host:port, with --grpc-port
 
     def log_records(self) -> list[dict]:
         return [json.loads(line) for line in self.log.read_text().splitlines() if line[:1] == "{"]
@@ -173,7 +183,8 @@ def running_server(models: Path, log: Path, *args: str, timeout: float = 60) -> 
     with open(log, "w") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
     try:
-        yield Server(_wait_ready(process, log, timeout), process, log, models)
+        ready = _wait_ready(process, log, timeout)
+        yield Server(ready["url"], process, log, models, ready.get("grpc"))
     finally:
         stop(process)
 
@@ -188,12 +199,13 @@ def stop(process: subprocess.Popen) -> None:
             process.wait()
 
 
-def _wait_ready(process: subprocess.Popen, log: Path, timeout: float) -> str:
+def _wait_ready(process: subprocess.Popen, log: Path, timeout: float) -> dict:
+    """The server's "listening on" record (``url``, and ``grpc`` with --grpc-port)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for line in log.read_text().splitlines():
             if line.startswith("{") and '"url"' in line:
-                return json.loads(line)["url"]
+                return json.loads(line)
         if process.poll() is not None:
             raise AssertionError(f"the server exited with {process.returncode}:\n{log.read_text()}")
         time.sleep(0.05)

@@ -7,7 +7,6 @@ with onnxruntime run in this process on the same arrays.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,8 @@ from onnx import TensorProto, helper
 from tritonclient.utils import InferenceServerException
 
 from serving.datatypes import DATATYPES
-from tests.serving.conftest import running_server
+from serving.modelconfig import DERIVED_MAX_BATCH_SIZE
+from tests.serving.conftest import running_server, store_models
 
 TOKEN = "v2-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -40,13 +40,14 @@ ONNX_TYPES = {
 }
 
 
-def identity_model(path: Path) -> Path:
-    """One input per v2 datatype, ``in_<T>`` [N, 3], and its double ``out_<T>``.
+def identity_model(path: Path, datatypes: list[str] | None = None) -> Path:
+    """One input per v2 datatype (default: all), ``in_<T>`` [N, 3], and its double ``out_<T>``.
 
     Numbers are doubled (Add x x), booleans negated (Not): outputs differ from inputs.
     """
     inputs, outputs, nodes = [], [], []
-    for datatype, onnx_type in ONNX_TYPES.items():
+    for datatype in datatypes or ONNX_TYPES:
+        onnx_type = ONNX_TYPES[datatype]
         inputs.append(helper.make_tensor_value_info(f"in_{datatype}", onnx_type, ["N", 3]))
         outputs.append(helper.make_tensor_value_info(f"out_{datatype}", onnx_type, ["N", 3]))
         src, dst = f"in_{datatype}", f"out_{datatype}"
@@ -79,14 +80,8 @@ def sample(datatype: str, rows: int = 4) -> np.ndarray:
 def v2(tmp_path_factory, mlp, mlp_other, grouped):
     """Models ``higgs`` (versions 1 = mlp, 2 = mlp_other), ``jets`` and ``datatypes``."""
     root = tmp_path_factory.mktemp("v2")
-    models = root / "models"
-    for name, version, source in [
-        ("higgs", 1, mlp.path),
-        ("higgs", 2, mlp_other.path),
-        ("jets", 1, grouped.path),
-    ]:
-        (models / name / str(version)).mkdir(parents=True)
-        shutil.copy(source, models / name / str(version) / "model.onnx")
+    versions = [("higgs", 1, mlp.path), ("higgs", 2, mlp_other.path), ("jets", 1, grouped.path)]
+    models = store_models(root / "models", versions)
     identity_model(models / "datatypes" / "1" / "model.onnx")
     args = ("--workers", "2", "--token", TOKEN, "--max-request-mb", "4")
     with running_server(models, root / "server.log", *args) as server:
@@ -141,11 +136,15 @@ def test_model_metadata_and_config(client, flat_dataset):
         ("jets_mask", "BOOL", [-1, 4]),
         ("event", "FP32", [-1, 2]),
     ]
-    config = client.get_model_config("higgs")
-    assert config["max_batch_size"] == 0
+    config = client.get_model_config("higgs")  # derived: the batch axis is max_batch_size's
+    assert config["max_batch_size"] == DERIVED_MAX_BATCH_SIZE
     assert config["platform"] == "onnxruntime_onnx"
-    assert config["input"] == [{"name": "x", "data_type": "TYPE_FP32", "dims": [-1, width]}]
-    assert config["output"] == [{"name": "output", "data_type": "TYPE_FP32", "dims": [-1]}]
+    assert [(t["name"], t["data_type"], t["dims"]) for t in config["input"]] == [
+        ("x", "TYPE_FP32", [width])
+    ]
+    assert [(t["name"], t["data_type"], t["dims"]) for t in config["output"]] == [
+        ("output", "TYPE_FP32", [])
+    ]
     with pytest.raises(InferenceServerException) as info:
         client.get_model_metadata("nothing")
     assert info.value.status() == "404"
@@ -237,12 +236,18 @@ def test_repository_load_index_unload(client, mlp):
     assert client.is_model_ready("fresh")
     assert client.infer("fresh", [infer_input("x", x)]).as_numpy("output").shape == (5,)
 
-    with pytest.raises(InferenceServerException) as info:
-        client.load_model("missing", headers=AUTH)
-    assert info.value.status() == "404"
-    with pytest.raises(InferenceServerException) as info:
-        client.load_model("broken", headers=AUTH, files={"file:1/model.onnx": b"not onnx"})
-    assert info.value.status() == "400"
+    assert load_refusals(client, AUTH) == ["404", "400"]
+
+
+def load_refusals(client, headers: dict[str, str]) -> list[str]:
+    """The statuses of loading an unknown model, and bytes that are no ONNX model (either
+    tritonclient, HTTP or gRPC)."""
+    statuses = []
+    for name, files in [("missing", None), ("broken", {"file:1/model.onnx": b"not onnx"})]:
+        with pytest.raises(InferenceServerException) as info:
+            client.load_model(name, headers=headers, files=files)
+        statuses.append(info.value.status())
+    return statuses
 
 
 def post_infer(v2, body: bytes, header_length: int | str | None = None) -> requests.Response:
