@@ -23,6 +23,7 @@ from rootstream.preprocess import Jagged, Spec, assemble
 from rootstream.progress import progress_bar
 from rootstream.reader import Block, EventReader, TreeCache
 from rootstream.shuffle import Piece, event_order, group_size, shard_windows
+from rootstream.transport import say_if_workers_lack_cpus, share_batches_by_name
 from rootstream.world import Shard, cpus_of_this_process
 
 __all__ = ["MIN_PIECE", "EpochStream", "StreamOptions", "fresh_position"]
@@ -76,6 +77,8 @@ class EpochStream:
         self.skipped = skipped
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        share_batches_by_name()
+        say_if_workers_lack_cpus()
         windows = self._read(self.plan())
         if self.options.batch_size is None:
             return self._events(windows)
