@@ -112,7 +112,7 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     train.add_argument(
         "--max-length", type=_yaml_value, help="an int or a YAML mapping, e.g. '{Jet_*: 4}'"
     )
-    train.add_argument("--normalize", choices=["standard", "minmax", "none"])
+    train.add_argument("--normalize", choices=["standard", "minmax", "robust", "none"])
     train.add_argument("--inputs", nargs="+", help="batch arrays the model takes (x mask ...)")
     train.add_argument("--validation", type=float, help="fraction of events for validation")
     train.add_argument("--epochs", type=int)
@@ -153,21 +153,18 @@ def _stats(args: argparse.Namespace) -> None:
     from rootstream.parallel import compute_stats
 
     step = int(args.step_size) if args.step_size.isdigit() else args.step_size
-    stats = compute_stats(args.files, args.features, tree=args.tree, cut=args.cut, step_size=step)
+    options = {"tree": args.tree, "cut": args.cut, "step_size": step}
+    stats = compute_stats(args.files, args.features, **options)
     stats.save(args.output)
     for branch in stats.branches:
-        print(
-            f"{branch}: count {stats.count[branch]}, mean {stats.mean[branch]:.6g}, "
-            f"std {stats.std[branch]:.6g}, min {stats.min[branch]:.6g}, max {stats.max[branch]:.6g}"
-        )
+        print(stats.describe(branch))
     print(f"wrote {args.output}")
     if args.plot:
+        from rootstream.options import ReadOptions
         from rootstream.plots import plot_feature_histograms
         from rootstream.reader import EventReader
 
-        reader = EventReader(
-            args.files, args.features, tree=args.tree, cut=args.cut, step_size=step
-        )
+        reader = EventReader(args.files, args.features, ReadOptions(**options))
         paths = plot_feature_histograms(reader, stats, args.plot, num_events=args.plot_events)
         print(f"wrote {len(paths)} histograms to {args.plot}/")
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from rootstream.chunks import DEFAULT_STEP_SIZE
 from rootstream.errors import ConfigError, close_matches
+from rootstream.options import ReadOptions
 from rootstream.vocabulary import NORMALIZATIONS, TASKS
 
 __all__ = ["TOKEN_VARIABLE", "TrainConfig", "load_config"]
@@ -51,6 +52,11 @@ class TrainConfig:
     upload: str | None = None
     token: str | None = field(default=None, repr=False)
     name: str | None = None
+
+    @property
+    def read_options(self) -> ReadOptions:
+        """How the data is read: tree, label, weight, cut, task, step size."""
+        return ReadOptions.among(vars(self))
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain data without the token (what checkpoints record)."""
@@ -135,7 +141,7 @@ RULES: dict[str, tuple[Check, str]] = {
     "cut": (_optional(_is_str), "a selection expression"),
     "task": (_optional(lambda v: v in TASKS), f"one of {list(TASKS)} (or omit: inferred)"),
     "max_length": (_optional(_max_length), "a positive int or a mapping {branch-or-glob: int}"),
-    "normalize": (lambda v: v in NORMALIZATIONS, "'standard', 'minmax' or null"),
+    "normalize": (lambda v: v in NORMALIZATIONS, "'standard', 'minmax', 'robust' or null"),
     "inputs": (_optional(_is_str_list), "a list of batch arrays: x, mask, groups, <group>_mask"),
     "validation": (lambda v: _is_number(v) and 0 < v < 1, "a fraction between 0 and 1"),
     "epochs": (lambda v: _is_int(v) and v > 0, "a positive int"),

@@ -12,12 +12,13 @@ from typing import Any
 import torch
 from torch.utils.data import IterableDataset
 
-from rootstream.cache import DEFAULT_CACHE_LIMIT, open_cache
+from rootstream.cache import DEFAULT_CACHE_LIMIT
 from rootstream.chunks import DEFAULT_STEP_SIZE
 from rootstream.errors import InvalidArgumentError
+from rootstream.options import DEFAULT_RETRIES, DEFAULT_RETRY_WAIT, ReadOptions
 from rootstream.parallel import parallel_stats
 from rootstream.preprocess import Spec
-from rootstream.reader import DEFAULT_RETRIES, DEFAULT_RETRY_WAIT, EventReader, Split
+from rootstream.reader import EventReader, Split
 from rootstream.specs import build_spec, configured_length
 from rootstream.stats import Stats
 from rootstream.stream import EpochStream, StreamOptions, fresh_position
@@ -45,7 +46,8 @@ class RootIterableDataset(IterableDataset):
         cut: selection expression; events failing it never appear.
         max_length: padded length of jagged features: an int, or ``{name_or_glob: int}``.
             Unset lengths are the 95% quantile of the feature's lengths in the statistics.
-        normalize: ``"standard"``, ``"minmax"`` or None.
+        normalize: ``"standard"``, ``"minmax"``, ``"robust"`` (median, and half the
+            16%-84% quantile range) or None.
         stats: :class:`Stats`, path to a stats JSON, or None to compute them over all
             selected events: when the dataset is built if normalization or a default
             length needs them, else when ``stats`` is first read. Parts of a split keep them.
@@ -105,6 +107,7 @@ class RootIterableDataset(IterableDataset):
         cache: str | os.PathLike | bool | None = None,
         cache_limit: int | str = DEFAULT_CACHE_LIMIT,
     ) -> None:
+        options = ReadOptions.among(locals())  # tree, label, weight, cut, ..., cache_limit
         super().__init__()
         if on_error not in ("raise", "skip"):
             raise InvalidArgumentError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
@@ -115,20 +118,7 @@ class RootIterableDataset(IterableDataset):
                 f"normalize must be one of {NORMALIZATIONS}, not {normalize!r}"
             )
         features = _features_of(features, groups)
-        self._reader = EventReader(
-            files,
-            features,
-            tree=tree,
-            label=label,
-            weight=weight,
-            cut=cut,
-            step_size=step_size,
-            nonfinite=nonfinite,
-            task=task,
-            retries=retries,
-            retry_wait=retry_wait,
-            cache=open_cache(cache, cache_limit),
-        )
+        self._reader = EventReader(files, features, options)
         self._groups = groups
         self._max_length = max_length
         self.normalize = normalize
@@ -270,8 +260,7 @@ class RootIterableDataset(IterableDataset):
 
     def _with_split(self, split: Split) -> RootIterableDataset:
         part = copy.copy(self)
-        part._reader = copy.copy(self._reader)
-        part._reader.split = split
+        part._reader = self._reader.with_split(split)
         part._resume, part._stream, part.skipped = None, None, []
         part._epoch = _shared_epoch(self.epoch)
         if split.part == "test":

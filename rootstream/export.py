@@ -79,7 +79,8 @@ def export_onnx(
             drawn from the spec when no dataset is given.
         features: the features in dataset order, when exporting with ``Stats``.
         max_length: padded lengths, when exporting with ``Stats`` (as for the dataset).
-        normalize: ``"standard"``, ``"minmax"`` or None, when exporting with ``Stats``.
+        normalize: ``"standard"``, ``"minmax"``, ``"robust"`` or None, when exporting with
+            ``Stats``.
         label_names: class names; default the dataset's.
         task: ``"binary"``, ``"multiclass"`` or ``"regression"``; default the dataset's.
         atol: absolute tolerance of the verification.

@@ -10,10 +10,11 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from rootstream.cache import DEFAULT_CACHE_LIMIT, open_cache
+from rootstream.cache import DEFAULT_CACHE_LIMIT
 from rootstream.chunks import DEFAULT_STEP_SIZE
+from rootstream.options import DEFAULT_RETRIES, DEFAULT_RETRY_WAIT, ReadOptions
 from rootstream.progress import progress_bar
-from rootstream.reader import DEFAULT_RETRIES, DEFAULT_RETRY_WAIT, EventReader
+from rootstream.reader import EventReader
 from rootstream.scan import (
     ChunkStats,
     chunk_partials,
@@ -132,17 +133,7 @@ def compute_stats(
     Returns:
         The statistics, bound to the data's fingerprint (see :class:`~rootstream.Stats`).
     """
-    reader = EventReader(
-        files,
-        features,
-        tree=tree,
-        cut=cut,
-        step_size=step_size,
-        nonfinite=nonfinite,
-        retries=retries,
-        retry_wait=retry_wait,
-        cache=open_cache(cache, cache_limit),
-    )
+    reader = EventReader(files, features, ReadOptions.among(locals()))
     return parallel_stats(
         reader,
         num_workers=num_workers,

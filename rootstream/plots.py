@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from rootstream.evaluation import auc, roc_curve
-from rootstream.preprocess import Jagged, normalization
+from rootstream.preprocess import Jagged
 from rootstream.reader import EventReader, TreeCache
 from rootstream.stats import Stats
 
@@ -73,10 +73,7 @@ def plot_feature_histograms(
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for feature, raw in values.items():
-        m = stats.moments(feature)
-        center, scale = normalization(
-            "standard", mean=m.mean, std=m.std, minimum=m.min, maximum=m.max
-        )
+        center, scale = stats.normalization(feature, "standard")
         fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5), layout="constrained")
         left.hist(raw, bins=60, color="C0")
         left.set(title=f"{feature} (raw)", xlabel=feature, ylabel="entries")

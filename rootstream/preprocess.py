@@ -15,7 +15,7 @@ import itertools
 import json
 import math
 import numbers
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
 
@@ -36,6 +36,7 @@ __all__ = [
 ]
 
 SPEC_VERSION = 1
+ROBUST_QUANTILES = (0.16, 0.5, 0.84)  # normalize="robust": (q84 - q16) / 2 and the median
 
 
 class Jagged(NamedTuple):
@@ -146,17 +147,36 @@ class Spec:
 
 
 def normalization(
-    method: str | None, *, mean: float, std: float, minimum: float, maximum: float
+    method: str | None,
+    *,
+    mean: float,
+    std: float,
+    minimum: float,
+    maximum: float,
+    quantile: Callable[[float], float] | None = None,
 ) -> tuple[float, float]:
-    """Return ``(center, scale)`` for a method; a constant feature gets scale 1, never 0."""
+    """Return ``(center, scale)`` for a method; a constant feature gets scale 1, never 0.
+
+    ``"standard"``: mean and std; ``"minmax"``: min and max - min; ``"robust"``: the
+    median and half the distance between the 16% and 84% quantiles (``ROBUST_QUANTILES``),
+    which ``quantile(q)`` gives (it is called for ``"robust"`` only). A feature without
+    values (quantiles NaN) gets center 0.
+    """
     if method is None:
         return 0.0, 1.0
     if method == "standard":
         center, scale = mean, std
     elif method == "minmax":
         center, scale = minimum, maximum - minimum
+    elif method == "robust":
+        if quantile is None:
+            raise ValueError("normalize='robust' needs the quantiles of the feature")
+        low, center, high = (quantile(q) for q in ROBUST_QUANTILES)
+        scale = (high - low) / 2
     else:
         raise ValueError(f"normalize must be one of {NORMALIZATIONS}, not {method!r}")
+    if not np.isfinite(center):
+        center = 0.0
     if not np.isfinite(scale) or scale <= 0:
         scale = 1.0
     return float(center), float(scale)

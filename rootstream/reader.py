@@ -4,12 +4,15 @@ A transient failure (see :func:`rootstream.sources.is_transient`) while opening 
 reading a chunk closes the file, waits, reopens it and reads the same chunk again, up to
 ``retries`` times with exponentially growing waits; each retry is logged on the
 ``rootstream`` logger. Nothing of a failed chunk has been yielded, so no event is lost or
-duplicated.
+duplicated. Only what a damaged or unreachable file raises
+(:data:`rootstream.sources.DATA_ERRORS`) makes a chunk unreadable: any other exception is a
+bug, and propagates as it is.
 """
 
 from __future__ import annotations
 
 import bisect
+import copy
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -20,15 +23,16 @@ from typing import Any, TypeVar
 import numpy as np
 from tqdm import tqdm
 
-from rootstream.cache import CacheKey, ChunkCache
-from rootstream.chunks import DEFAULT_STEP_SIZE, SelectionIndex, plan_chunks
+from rootstream.cache import CacheKey, open_cache
+from rootstream.chunks import SelectionIndex, plan_chunks
 from rootstream.cpus import available_cpus
 from rootstream.errors import (
     ChunkReadError,
     InvalidArgumentError,
     NonFiniteValueError,
-    UnsupportedBranchError,
 )
+from rootstream.labels import class_names, event_labels, flat, infer_task
+from rootstream.options import ReadOptions
 from rootstream.preprocess import Column, Jagged
 from rootstream.retry import backoff
 from rootstream.shuffle import is_held_out
@@ -36,6 +40,7 @@ from rootstream.sources import (
     Chunk,
     Source,
     close_tree,
+    data_errors,
     inspect_source,
     is_transient,
     open_tree,
@@ -43,12 +48,8 @@ from rootstream.sources import (
     probe_columns,
     read_columns,
 )
-from rootstream.vocabulary import TASKS
 
 __all__ = ["Block", "EventReader", "Split", "TreeCache"]
-
-DEFAULT_RETRIES = 5
-DEFAULT_RETRY_WAIT = 1.0  # seconds before the first retry, then doubled (rootstream.retry)
 
 logger = logging.getLogger("rootstream")
 T = TypeVar("T")
@@ -142,98 +143,65 @@ class TreeCache:
             self.executor.shutdown(wait=True, cancel_futures=True)
 
 
-def _flat(column: Column, what: str) -> np.ndarray:
-    if isinstance(column, Jagged):
-        raise UnsupportedBranchError(
-            f"the {what} must have one value per event, but it is variable-length"
-        )
-    return column
-
-
-def infer_task(labels: Sequence[Any] | None, label_column: Column | None) -> str | None:
-    """Guess the task from per-file labels or from the dtype of a label branch."""
-    if labels is not None:
-        values = set(labels)
-        if all(isinstance(v, str) for v in values):
-            return "multiclass"
-        if values <= {0, 1}:
-            return "binary"
-        if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
-            return "multiclass"
-        return "regression"
-    if label_column is None:
-        return None
-    dtype = _flat(label_column, "label").dtype
-    if dtype == np.bool_:
-        return "binary"
-    return "multiclass" if np.issubdtype(dtype, np.integer) else "regression"
-
-
 class EventReader:
     """Knows the sources, their chunk plan, and how to read a chunk's selected events.
 
     Opens every file once at construction to check trees and branches and to plan
     chunks; ``read`` opens nothing itself (it takes trees from a :class:`TreeCache`).
+    ``options`` say which tree, events, labels and weights, and how to retry and cache
+    (None: the defaults).
     """
 
     def __init__(
         self,
         files: str | Sequence[str] | Mapping[str, Any],
         features: Sequence[str],
-        *,
-        tree: str = "Events",
-        label: str | None = None,
-        weight: str | None = None,
-        cut: str | None = None,
-        step_size: int | str = DEFAULT_STEP_SIZE,
-        nonfinite: str | float = "raise",
-        task: str | None = None,
-        split: Split | None = None,
-        retries: int = DEFAULT_RETRIES,
-        retry_wait: float = DEFAULT_RETRY_WAIT,
-        cache: ChunkCache | None = None,
+        options: ReadOptions | None = None,
     ) -> None:
+        options = options or ReadOptions()
         if isinstance(features, str) or not features:
             raise TypeError("features must be a non-empty list of branch names or expressions")
         if len(set(features)) != len(features):
             raise InvalidArgumentError(
                 f"features are listed twice: {sorted(f for f in features if features.count(f) > 1)}"
             )
-        if isinstance(files, Mapping) and label is not None:
+        if isinstance(files, Mapping) and options.label is not None:
             raise InvalidArgumentError(
                 "give labels either as a files dict or as a label branch, not both"
             )
-        if nonfinite != "raise" and not isinstance(nonfinite, (int, float)):
-            raise TypeError(
-                f"nonfinite must be 'raise' or a number to replace with, not {nonfinite!r}"
-            )
-        if not isinstance(retries, int) or retries < 0:
-            raise InvalidArgumentError(f"retries must be a whole number >= 0, not {retries!r}")
-        if not retry_wait >= 0:
-            raise InvalidArgumentError(
-                f"retry_wait must be a number of seconds >= 0, not {retry_wait!r}"
-            )
-        self.retries, self.retry_wait = retries, float(retry_wait)
-        self.sources = parse_files(files, tree)
+        self.options = options
+        self.sources = parse_files(files, options.tree)
         self.features = list(features)
-        self.label, self.weight, self.cut = label, weight, cut
-        self.nonfinite = nonfinite
-        self.split = split
-        self.expressions = list(dict.fromkeys(e for e in [*features, label, weight, cut] if e))
-        probe, self.infos = self._inspect(step_size)
+        self.split: Split | None = None
+        self.expressions = list(
+            dict.fromkeys(e for e in [*features, options.label, self.weight, self.cut] if e)
+        )
+        probe, self.infos = self._inspect(options.step_size)
         self.jagged = {f: isinstance(probe[f], Jagged) for f in features}
         file_labels = [s.label for s in self.sources] if isinstance(files, Mapping) else None
-        for what, expr in (("weight", weight), ("cut", cut), ("label", label)):
+        for what, expr in (("weight", self.weight), ("cut", self.cut), ("label", options.label)):
             if expr:
-                _flat(probe[expr], f"{what} {expr!r}")
-        self.task = task or infer_task(file_labels, probe.get(label) if label else None)
-        if self.task is not None and self.task not in TASKS:
-            raise InvalidArgumentError(f"task must be one of {TASKS}, not {self.task!r}")
-        self.label_names = _label_names(file_labels)
+                flat(probe[expr], f"{what} {expr!r}")
+        self.task = options.task or infer_task(file_labels, probe.get(options.label))
+        self.label_names = class_names(file_labels)
         self.chunks = plan_chunks(self.infos)
         self._chunk_starts = [(c.source, c.start) for c in self.chunks]
-        self.cache = cache
+        self.cache = open_cache(options.cache, options.cache_limit)
         self.cache_counts = [0, 0]  # chunks read from the cache, chunks read from the source
+
+    @property
+    def cut(self) -> str | None:
+        return self.options.cut
+
+    @property
+    def weight(self) -> str | None:
+        return self.options.weight
+
+    def with_split(self, split: Split) -> EventReader:
+        """This reader, keeping only the events of one part of a split (nothing is reopened)."""
+        part = copy.copy(self)
+        part.split = split
+        return part
 
     def _inspect(self, step_size: int | str) -> tuple[dict[str, Column], list]:
         infos, probe = [], None
@@ -262,7 +230,7 @@ class EventReader:
                 "entry 0",
                 lambda tree: probe_columns(tree, self.expressions, executor=trees.executor),
             )
-        except OSError as err:
+        except data_errors() as err:
             raise self._read_error(source, 0, 1, err) from err
 
     @property
@@ -346,6 +314,19 @@ class EventReader:
         expressions: Sequence[str],
         skipped: list[dict[str, Any]] | None,
     ) -> dict[str, Column] | None:
+        """The columns of a chunk's entries; see :meth:`read` for an unreadable chunk."""
+        try:
+            return self._cached_or_read(chunk, trees, expressions)
+        except ChunkReadError as error:
+            if skipped is None:
+                raise
+            if error.record() not in skipped:
+                skipped.append(error.record())
+            return None
+
+    def _cached_or_read(
+        self, chunk: Chunk, trees: TreeCache, expressions: Sequence[str]
+    ) -> dict[str, Column]:
         """The columns of a chunk's entries: from the cache when it holds them, else read.
 
         With a cache, what is read from the source is the whole chunk of the plan that
@@ -353,16 +334,14 @@ class EventReader:
         skipped whole too); without one, just the entries asked for.
         """
         if self.cache is None:
-            return self._read_source(chunk, trees, expressions, skipped)
+            return self._read_source(chunk, trees, expressions)
         whole = self._plan_chunk_of(chunk)
         keys = {e: self._cache_key(whole, e) for e in expressions}
         columns = {e: self.cache.load(key) for e, key in keys.items()}
         missing = [e for e, column in columns.items() if column is None]
         self.cache_counts[bool(missing)] += 1
         if missing:
-            read = self._read_source(whole, trees, missing, skipped)
-            if read is None:
-                return None
+            read = self._read_source(whole, trees, missing)
             path = self.sources[whole.source].path
             for expression, column in read.items():
                 self.cache.store(keys[expression], column, source=path)
@@ -389,14 +368,13 @@ class EventReader:
         return CacheKey(uuid, tree, chunk.start, chunk.stop, expression)
 
     def _read_source(
-        self,
-        chunk: Chunk,
-        trees: TreeCache,
-        expressions: Sequence[str],
-        skipped: list[dict[str, Any]] | None,
-    ) -> dict[str, Column] | None:
-        """Read a chunk's entries from the source, with retries; see :meth:`read`."""
-        source = self.sources[chunk.source]
+        self, chunk: Chunk, trees: TreeCache, expressions: Sequence[str]
+    ) -> dict[str, Column]:
+        """Read a chunk's entries from the source, with retries.
+
+        Raises:
+            ChunkReadError: the file is damaged or unreachable (retries gave up).
+        """
         try:
             return self._with_retries(
                 trees,
@@ -406,21 +384,16 @@ class EventReader:
                     tree, expressions, chunk.start, chunk.stop, executor=trees.executor
                 ),
             )
-        except UnsupportedBranchError:
-            raise
-        except Exception as err:
-            error = self._read_error(source, chunk.start, chunk.stop, err)
-            if skipped is None:
-                raise error from err
-            if error.record() not in skipped:
-                skipped.append(error.record())
-            return None
+        except data_errors() as err:
+            source = self.sources[chunk.source]
+            raise self._read_error(source, chunk.start, chunk.stop, err) from err
 
     def _read_error(
         self, source: Source, entry_start: int, entry_stop: int, err: Exception
     ) -> ChunkReadError:
         """The error of entries that could not be read, saying when retries gave up."""
-        gave_up = f" (still failing after {self.retries} retries)" if is_transient(err) else ""
+        retries = self.options.retries
+        gave_up = f" (still failing after {retries} retries)" if is_transient(err) else ""
         reason = f"{type(err).__name__}: {err}{gave_up}"
         return ChunkReadError.of(source.path, source.tree, entry_start, entry_stop, reason)
 
@@ -428,14 +401,14 @@ class EventReader:
         self, trees: TreeCache, index: int, what: str, action: Callable[[Any], T]
     ) -> T:
         """``action(tree)`` on a source's tree, reopening it and retrying on transient errors."""
-        attempt = 0
+        attempt, retries = 0, self.options.retries
         while True:
             try:
                 return action(trees.get(index))
-            except Exception as err:
-                if attempt >= self.retries or not is_transient(err) or trees.stop.is_set():
+            except data_errors() as err:
+                if attempt >= retries or not is_transient(err) or trees.stop.is_set():
                     raise
-                wait = backoff(self.retry_wait, attempt)
+                wait = backoff(self.options.retry_wait, attempt)
                 attempt += 1
                 logger.warning(
                     "reading %s of %s failed (%s: %s); reopening the file in %.3g s, "
@@ -446,7 +419,7 @@ class EventReader:
                     err,
                     wait,
                     attempt,
-                    self.retries,
+                    retries,
                 )
                 trees.drop(index)
                 if trees.stop.wait(wait):
@@ -476,7 +449,8 @@ class EventReader:
         bad = ~np.isfinite(values)
         if not bad.any():
             return column
-        if self.nonfinite == "raise":
+        nonfinite = self.options.nonfinite
+        if nonfinite == "raise":
             first = int(np.argmax(bad))
             event = (
                 first
@@ -487,23 +461,19 @@ class EventReader:
                 f"{source}: branch {name!r} holds {values[first]} at entry {entries[event]}; "
                 "pass nonfinite=<number> to replace NaN and infinities with that number"
             )
-        values = np.where(bad, values.dtype.type(self.nonfinite), values)
+        values = np.where(bad, values.dtype.type(nonfinite), values)
         return Jagged(column.offsets, values) if isinstance(column, Jagged) else values
 
     def _labels(self, source: Source, columns: Mapping[str, Column], n: int) -> np.ndarray | None:
         if self.task is None:
             return None
-        dtype = np.int64 if self.task == "multiclass" else np.float32
-        if self.label is not None:
-            return np.asarray(columns[self.label]).astype(dtype)
-        value = self.label_names.index(source.label) if self.label_names else source.label
-        return np.full(n, value, dtype=dtype)
-
-
-def _label_names(labels: Sequence[Any] | None) -> list[str] | None:
-    if labels and all(isinstance(v, str) for v in labels):
-        return list(dict.fromkeys(labels))
-    return None
+        return event_labels(
+            self.task,
+            branch=columns.get(self.options.label),
+            file_label=source.label,
+            names=self.label_names,
+            num_events=n,
+        )
 
 
 def select(column: Column, keep: np.ndarray) -> Column:

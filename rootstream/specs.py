@@ -9,7 +9,7 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Mapping, Sequence
 
-from rootstream.preprocess import FeatureSpec, Spec, normalization
+from rootstream.preprocess import FeatureSpec, Spec
 from rootstream.stats import Stats
 
 __all__ = ["DEFAULT_LENGTH_QUANTILE", "build_spec", "configured_length"]
@@ -49,11 +49,7 @@ def build_spec(
             length = max(1, stats.moments(feature).length_quantile(DEFAULT_LENGTH_QUANTILE))
         if stats is None:
             return FeatureSpec(feature, length)
-        m = stats.moments(feature)
-        center, scale = normalization(
-            normalize, mean=m.mean, std=m.std, minimum=m.min, maximum=m.max
-        )
-        return FeatureSpec(feature, length, center, scale)
+        return FeatureSpec(feature, length, *stats.normalization(feature, normalize))
 
     specs = {f: feature_spec(f) for f in features}
     if groups is not None:

@@ -4,6 +4,7 @@ Pure (numpy): the pass over the data that computes them is :mod:`rootstream.scan
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -14,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from rootstream.errors import StatsMismatchError
-from rootstream.preprocess import Column, Jagged
+from rootstream.preprocess import ROBUST_QUANTILES, Column, Jagged, normalization
+from rootstream.sketch import QuantileSketch
 
 __all__ = ["QUANTILES", "Moments", "Stats"]
 
@@ -26,7 +28,8 @@ QUANTILES = (0.5, 0.9, 0.95, 0.99, 1.0)
 class Moments:
     """Running count, mean, sum of squared deviations, min and max of one feature.
 
-    For a jagged feature, ``lengths[k]`` counts the events with k elements.
+    For a jagged feature, ``lengths[k]`` counts the events with k elements. ``sketch``
+    summarizes the values for quantiles; None in statistics saved before it existed.
     """
 
     count: int = 0
@@ -35,14 +38,16 @@ class Moments:
     min: float = math.inf
     max: float = -math.inf
     lengths: tuple[int, ...] | None = None
+    sketch: QuantileSketch | None = None
 
     @classmethod
     def of(cls, column: Column) -> Moments:
         values = column.content if isinstance(column, Jagged) else column
-        values = np.asarray(values, dtype=np.float64)
         lengths = tuple(np.bincount(column.counts).tolist()) if isinstance(column, Jagged) else None
+        sketch = QuantileSketch.of(values)
         if values.size == 0:
-            return cls(lengths=lengths)
+            return cls(lengths=lengths, sketch=sketch)
+        values = np.asarray(values, dtype=np.float64)
         mean = float(values.mean())
         return cls(
             count=int(values.size),
@@ -51,13 +56,16 @@ class Moments:
             min=float(values.min()),
             max=float(values.max()),
             lengths=lengths,
+            sketch=sketch,
         )
 
     def merge(self, other: Moments) -> Moments:
         """Combine two partial results (Chan et al.'s parallel variance)."""
         count = self.count + other.count
+        lengths = _add_histograms(self.lengths, other.lengths)
+        sketch = _merge_sketches(self.sketch, other.sketch)
         if count == 0:
-            return replace(self, lengths=_add_histograms(self.lengths, other.lengths))
+            return replace(self, lengths=lengths, sketch=sketch)
         delta = other.mean - self.mean
         return Moments(
             count=count,
@@ -65,7 +73,8 @@ class Moments:
             m2=self.m2 + other.m2 + delta * delta * self.count * other.count / count,
             min=min(self.min, other.min),
             max=max(self.max, other.max),
-            lengths=_add_histograms(self.lengths, other.lengths),
+            lengths=lengths,
+            sketch=sketch,
         )
 
     @property
@@ -77,6 +86,11 @@ class Moments:
         counts = np.asarray(self.lengths or (1,))
         cumulative = np.cumsum(counts) / counts.sum()
         return int(np.searchsorted(cumulative, q - 1e-12))
+
+
+def _merge_sketches(a: QuantileSketch | None, b: QuantileSketch | None) -> QuantileSketch | None:
+    """Both merged; None when either is missing (statistics saved without sketches)."""
+    return None if a is None or b is None else a.merge(b)
 
 
 def _add_histograms(a: tuple[int, ...] | None, b: tuple[int, ...] | None) -> tuple[int, ...] | None:
@@ -91,7 +105,8 @@ class Stats:
 
     Mappings keyed by branch name: ``count``, ``mean``, ``std`` (population), ``min``,
     ``max`` (over all elements of a jagged branch) and, for jagged branches,
-    ``length_quantiles`` (``{quantile: number of elements}``). ``fingerprint``
+    ``length_quantiles`` (``{quantile: number of elements}``). :meth:`quantile` reads
+    any quantile of a branch from its sketch (:mod:`rootstream.sketch`). ``fingerprint``
     identifies the data they were computed on (files, trees, entries, features, cut).
     """
 
@@ -175,6 +190,53 @@ class Stats:
                 f"the statistics hold no branch {branch!r} (they hold {self.branches})"
             ) from None
 
+    def quantile(self, branch: str, q: float) -> float:
+        """The ``q``-quantile of a branch's values (all elements of a jagged one), NaN when
+        it has none: a value whose rank is within :meth:`rank_error` of ``q``."""
+        return self._sketch(branch).quantile(q)
+
+    def rank_error(self, branch: str) -> float:
+        """How far from ``q`` the rank (as a fraction) of ``quantile(branch, q)`` may be, with
+        probability 99.9% per quantile: 0 when the sketch is exact, never above 0.004 (see
+        :mod:`rootstream.sketch`)."""
+        return self._sketch(branch).rank_error()
+
+    def _sketch(self, branch: str) -> QuantileSketch:
+        sketch = self.moments(branch).sketch
+        if sketch is None:
+            raise StatsMismatchError(
+                f"the statistics of {branch!r} hold no quantile sketch (they were saved by an "
+                "older rootstream): recompute them (rootstream.compute_stats or rootstream stats) "
+                "for quantiles or normalize='robust'"
+            )
+        return sketch
+
+    def normalization(self, branch: str, method: str | None) -> tuple[float, float]:
+        """``(center, scale)`` of a branch for a normalization method (see
+        :func:`rootstream.preprocess.normalization`)."""
+        m = self.moments(branch)
+        return normalization(
+            method,
+            mean=m.mean,
+            std=m.std,
+            minimum=m.min,
+            maximum=m.max,
+            quantile=functools.partial(self.quantile, branch),
+        )
+
+    def describe(self, branch: str) -> str:
+        """One line of a branch's count, mean, std, min, max and, when the sketch is there,
+        median, 16% and 84% quantiles."""
+        m = self.moments(branch)
+        line = (
+            f"{branch}: count {m.count}, mean {m.mean:.6g}, std {m.std:.6g}, "
+            f"min {m.min:.6g}, max {m.max:.6g}"
+        )
+        if m.sketch is None:
+            return line
+        low, median, high = (m.sketch.quantile(q) for q in ROBUST_QUANTILES)
+        return f"{line}, median {median:.6g}, q16 {low:.6g}, q84 {high:.6g}"
+
     def unbound(self) -> Stats:
         """A copy without fingerprint, to apply these statistics to other data on purpose."""
         return Stats(self._moments, None)
@@ -233,6 +295,7 @@ def _moments_to_json(m: Moments) -> dict[str, Any]:
         "min": None if empty else m.min,
         "max": None if empty else m.max,
         "lengths": None if m.lengths is None else list(m.lengths),
+        "sketch": None if m.sketch is None else m.sketch.to_json(),
     }
 
 
@@ -244,6 +307,7 @@ def _moments_from_json(d: dict[str, Any]) -> Moments:
         min=math.inf if d["min"] is None else d["min"],
         max=-math.inf if d["max"] is None else d["max"],
         lengths=None if d["lengths"] is None else tuple(d["lengths"]),
+        sketch=None if d.get("sketch") is None else QuantileSketch.from_json(d["sketch"]),
     )
 
 

@@ -99,18 +99,13 @@ def make_datasets(config: TrainConfig) -> tuple[RootIterableDataset, RootIterabl
     ds = RootIterableDataset(
         config.files,
         config.features,
-        tree=config.tree,
-        label=config.label,
-        weight=config.weight,
-        cut=config.cut,
+        **config.read_options.keywords(),
         max_length=config.max_length,
         normalize=config.normalize,
         batch_size=config.batch_size,
         shuffle=True,
         seed=config.seed,
-        step_size=config.step_size,
         groups=config.groups,
-        task=config.task,
     )
     if ds.task is None:
         raise ConfigError("the data has no labels: give 'label' or files as {file: label}")

@@ -5,4 +5,4 @@ from __future__ import annotations
 __all__ = ["NORMALIZATIONS", "TASKS"]
 
 TASKS = ("binary", "multiclass", "regression")
-NORMALIZATIONS = ("standard", "minmax", None)
+NORMALIZATIONS = ("standard", "minmax", "robust", None)

@@ -7,6 +7,7 @@ one backend per file):
 - :mod:`~rootstream.sources.measure`: checking expressions, measuring a tree for the plan;
 - :mod:`~rootstream.sources.columns`: entries of expressions as numpy columns;
 - :mod:`~rootstream.sources.summary`: what ``rootstream inspect`` prints;
+- :mod:`~rootstream.sources.failures`: what a damaged or unreachable file raises;
 - :mod:`~rootstream.sources.transient`: which failures are worth retrying.
 
 It is the only package of the reading path that imports uproot and awkward
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 from rootstream.chunks import Chunk
 from rootstream.sources.columns import probe_columns, read_columns, to_column
+from rootstream.sources.failures import DATA_ERRORS, data_errors
 from rootstream.sources.measure import branches_read, inspect_source, tree_location
 from rootstream.sources.opening import close_tree, is_rntuple, open_file, open_tree, tree_names
 from rootstream.sources.settings import XROOTD_CLIENT_SETTINGS
@@ -28,6 +30,7 @@ from rootstream.sources.summary import PERCENTILES, BranchSummary, TreeSummary, 
 from rootstream.sources.transient import is_transient
 
 __all__ = [
+    "DATA_ERRORS",
     "PERCENTILES",
     "XROOTD_CLIENT_SETTINGS",
     "BranchSummary",
@@ -36,6 +39,7 @@ __all__ = [
     "TreeSummary",
     "branches_read",
     "close_tree",
+    "data_errors",
     "inspect_source",
     "is_rntuple",
     "is_transient",

@@ -18,6 +18,20 @@ from rootstream.sources.transient import is_transient
 
 __all__ = ["probe_columns", "read_columns", "to_column"]
 
+# What uproot raises for an expression it cannot evaluate, found by trying some on a real
+# file: an unknown name or function (KeyInFileError, a KeyError), bad syntax (SyntaxError),
+# awkward refusing an operation (ValueError "cannot broadcast nested list",
+# NotImplementedError for ``@``, TypeError), an index out of range (IndexError, reported
+# as ValueError by read_columns), numbers too large for C++ (RuntimeError).
+_EXPRESSION_ERRORS = (
+    KeyError,
+    SyntaxError,
+    TypeError,
+    ValueError,
+    NotImplementedError,
+    RuntimeError,
+)
+
 
 def probe_columns(
     tree: Any, expressions: Sequence[str], *, executor: Executor | None = None
@@ -58,15 +72,14 @@ def _first_entry(
     tree: Any, expressions: Sequence[str], executor: Executor | None
 ) -> dict[str, Column]:
     try:
-        return read_columns(tree, expressions, 0, min(1, tree.num_entries), executor=executor)
-    except (UnsupportedBranchError, OSError):
-        raise
-    except Exception as err:
+        arrays = _evaluate(tree, expressions, 0, min(1, tree.num_entries), executor)
+    except _EXPRESSION_ERRORS as err:
         if is_transient(err):
             raise
         raise BranchNotFoundError(
             f"cannot evaluate {list(expressions)} on {tree_location(tree)!r}: {err}"
         ) from err
+    return _to_columns(tree, arrays, expressions)
 
 
 def read_columns(
@@ -79,15 +92,36 @@ def read_columns(
 ) -> dict[str, Column]:
     """Read entries ``[start, stop)`` of the expressions as numpy columns.
 
-    ``executor`` decompresses baskets in parallel (None: in this thread).
+    ``executor`` decompresses baskets in parallel (None: in this thread). A damaged or
+    unreachable file raises one of :data:`~rootstream.sources.DATA_ERRORS`.
     """
-    arrays = tree.arrays(
-        list(dict.fromkeys(expressions)),
-        entry_start=start,
-        entry_stop=stop,
-        library="ak",
-        decompression_executor=executor,
-    )
+    return _to_columns(tree, _evaluate(tree, expressions, start, stop, executor), expressions)
+
+
+def _evaluate(
+    tree: Any, expressions: Sequence[str], start: int, stop: int, executor: Executor | None
+) -> ak.Array:
+    """uproot's reading of entries ``[start, stop)`` of the expressions.
+
+    Garbage in a basket's header can make uproot fail an index or an assertion: that is
+    raised as a ValueError, a data error (see :mod:`rootstream.sources.failures`).
+    """
+    try:
+        return tree.arrays(
+            list(dict.fromkeys(expressions)),
+            entry_start=start,
+            entry_stop=stop,
+            library="ak",
+            decompression_executor=executor,
+        )
+    except (IndexError, AssertionError) as err:
+        raise ValueError(
+            f"uproot failed on entries {start} to {stop} of {tree_location(tree)!r} "
+            f"({type(err).__name__}: {err})"
+        ) from err
+
+
+def _to_columns(tree: Any, arrays: ak.Array, expressions: Sequence[str]) -> dict[str, Column]:
     columns = {}
     for expr in expressions:
         try:

@@ -13,6 +13,7 @@ import uproot.compression
 import uproot.source.fsspec
 
 from rootstream.errors import InputFileNotFoundError, TreeNotFoundError, close_matches
+from rootstream.sources.failures import data_errors
 from rootstream.sources.settings import prepare_xrootd, select_zlib
 from rootstream.sources.specs import Source, is_url, missing_protocol, scheme
 
@@ -76,7 +77,7 @@ def open_file(path: str) -> Any:
         return uproot.open(path, array_cache=None, handler=_Source)
     except ImportError as err:
         raise missing_protocol(path, err) from err
-    except Exception as err:
+    except data_errors() as err:
         forget_handles(path)  # a handle that failed here must not serve the next attempt
         reason = str(err).strip()  # XRootD's messages end with a newline
         if is_missing(err):

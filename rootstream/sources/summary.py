@@ -6,15 +6,24 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from uproot.interpretation.identify import UnknownInterpretation
+from uproot.interpretation.objects import CannotBeAwkward
 
 from rootstream.errors import UnsupportedBranchError
 from rootstream.preprocess import Jagged
 from rootstream.sources.columns import to_column
+from rootstream.sources.failures import data_errors
 from rootstream.sources.opening import is_rntuple, open_file, tree_names
 
 __all__ = ["PERCENTILES", "BranchSummary", "TreeSummary", "summarize_file"]
 
 PERCENTILES = (50, 90, 95, 99, 100)
+
+# What uproot raises for branches it cannot read, besides damage (found by reading every
+# branch of the files of scikit-hep-testdata 0.3.12): no interpretation for the type,
+# none as an awkward array, a class it does not know (KeyError), memberwise serialization
+# (NotImplementedError).
+_UNSUPPORTED_BY_UPROOT = (UnknownInterpretation, CannotBeAwkward, KeyError, NotImplementedError)
 
 
 @dataclass(frozen=True)
@@ -64,7 +73,7 @@ def _summarize_branch(tree: Any, name: str, entries: int) -> BranchSummary:
         column = to_column(array)
     except UnsupportedBranchError as err:
         return BranchSummary(name, typename, f"unsupported: {err}")
-    except Exception as err:
+    except (*data_errors(), *_UNSUPPORTED_BY_UPROOT) as err:
         return BranchSummary(name, typename, f"unreadable: {type(err).__name__}: {err}")
     if not isinstance(column, Jagged):
         return BranchSummary(name, typename, "flat")

@@ -177,8 +177,17 @@ def http_server(tmp_path: Path) -> Iterator[HTTPServer]:
 
 
 # ----------------------------------------------------------------------------- data
-def write_numbered(path: Path, num_events: int, first: int = 0, basket: int = 250) -> Path:
-    """A TTree ``Events``: ``event`` numbers the events from ``first``; jagged ``Jet_pt``."""
+def write_numbered(
+    path: Path,
+    num_events: int,
+    first: int = 0,
+    basket: int = 250,
+    compression: uproot.compression.Compression | None = None,
+) -> Path:
+    """A TTree ``Events``: ``event`` numbers the events from ``first``; jagged ``Jet_pt``.
+
+    ``compression`` is uproot's (None: its default, zlib level 1).
+    """
     rng = np.random.default_rng(first)
     counts = rng.integers(0, 5, num_events)
     jets = ak.unflatten(rng.normal(50, 10, counts.sum()).astype(np.float32), counts)
@@ -187,7 +196,7 @@ def write_numbered(path: Path, num_events: int, first: int = 0, basket: int = 25
         "MET_pt": rng.exponential(30, num_events).astype(np.float32),
         "Jet": ak.zip({"pt": jets}),
     }
-    with uproot.recreate(path) as file:
+    with uproot.recreate(path, compression=compression or uproot.ZLIB(1)) as file:
         file.mktree(
             "Events", {k: v.type if isinstance(v, ak.Array) else v.dtype for k, v in arrays.items()}
         )

@@ -13,6 +13,7 @@ import pytest
 import uproot
 
 from rootstream import compute_stats, load_spec
+from rootstream.options import ReadOptions
 from rootstream.reader import EventReader
 from tests.rootstream.mixing import assert_mixed_like_a_global_shuffle
 
@@ -125,7 +126,7 @@ def test_statistics_with_workers_equal_a_single_process_pass(files):
             assert getattr(shared, field)[branch] == pytest.approx(getattr(single, field)[branch])
     assert shared.length_quantiles == single.length_quantiles
     assert shared.fingerprint == single.fingerprint
-    assert EventReader(files, ["MET_pt"], cut="MET_pt > 5").num_entries == NUM_EVENTS
+    assert EventReader(files, ["MET_pt"], ReadOptions(cut="MET_pt > 5")).num_entries == NUM_EVENTS
 
 
 @needs_isolation

@@ -11,6 +11,7 @@ import pytest
 
 import rootstream.reader
 from rootstream import Stats, compute_stats
+from rootstream.options import ReadOptions
 from rootstream.parallel import parallel_stats
 from rootstream.reader import EventReader
 from tests.rootstream.test_errors import BAD_CHUNK, corrupt  # noqa: F401 (a fixture)
@@ -38,7 +39,7 @@ def assert_same_stats(got: Stats, expected: Stats) -> None:
 @pytest.mark.parametrize("context", ["spawn", "forkserver"])
 def test_workers_started_without_fork_equal_the_serial_pass(hzz: str, context: str) -> None:
     options = {"tree": HZZ_TREE, "cut": HZZ_CUT, "step_size": STEP}
-    assert len(EventReader(hzz, HZZ_FEATURES, **options).chunks) > 2 * NUM_WORKERS
+    assert len(EventReader(hzz, HZZ_FEATURES, ReadOptions(**options)).chunks) > 2 * NUM_WORKERS
     serial = compute_stats(hzz, HZZ_FEATURES, progress=False, **options)
     shared = compute_stats(
         hzz,
@@ -55,7 +56,9 @@ def test_workers_started_without_fork_equal_the_serial_pass(hzz: str, context: s
 def test_each_worker_opens_each_file_once(hzz: str, http_server) -> None:
     """Counted by the server, so that spawned workers count too: one header read per open."""
     urls = [http_server.add(hzz, name) for name in ("a.root", "b.root")]
-    reader = EventReader(urls, HZZ_FEATURES, tree=HZZ_TREE, cut=HZZ_CUT, step_size=STEP)
+    reader = EventReader(
+        urls, HZZ_FEATURES, ReadOptions(tree=HZZ_TREE, cut=HZZ_CUT, step_size=STEP)
+    )
     chunks_per_file = len(reader.chunks) // len(urls)
     assert chunks_per_file > NUM_WORKERS  # one open per chunk would be seen
     http_server.requests.clear()  # the reader's own opens, one per file
@@ -77,7 +80,7 @@ def test_a_file_is_closed_after_its_last_chunk(
     numbered: Callable[..., str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     files = [numbered("a.root", 300), numbered("b.root", 300, first=300)]
-    reader = EventReader(files, ["event", "Jet_pt"], step_size=100)
+    reader = EventReader(files, ["event", "Jet_pt"], ReadOptions(step_size=100))
     assert [chunk.source for chunk in reader.chunks] == [0, 0, 1, 1]
     events: list[tuple[str, str]] = []
     open_tree, close_tree = rootstream.reader.open_tree, rootstream.reader.close_tree
@@ -102,7 +105,7 @@ def test_a_file_is_closed_after_its_last_chunk(
 
 
 def test_workers_skip_an_unreadable_chunk_as_the_serial_pass_does(corrupt: str) -> None:  # noqa: F811
-    reader = EventReader(corrupt, ["event", "Jet_pt"], step_size=100)
+    reader = EventReader(corrupt, ["event", "Jet_pt"], ReadOptions(step_size=100))
     serial_skipped: list[dict] = []
     shared_skipped: list[dict] = []
     serial = parallel_stats(reader, progress=False, skipped=serial_skipped)

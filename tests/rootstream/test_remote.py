@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 
 from rootstream import RootIterableDataset, Stats
 from rootstream.errors import InputFileNotFoundError, StatsMismatchError
+from rootstream.options import ReadOptions
 from rootstream.reader import EventReader
 from rootstream.sources import Source, close_tree, open_file, open_tree
 
@@ -116,7 +117,7 @@ def test_byte_step_sizes_work_over_root_and_plan_as_locally(
 ) -> None:
     """uproot 5.7 + fsspec-xrootd fail on ``step_size="1 MB"`` over root://; rootstream not."""
     readers = {
-        where: EventReader(files[where], FEATURES, step_size=step_size)
+        where: EventReader(files[where], FEATURES, ReadOptions(step_size=step_size))
         for where in ("local", "remote")
     }
     assert readers["remote"].chunks == readers["local"].chunks
@@ -128,7 +129,7 @@ def test_byte_step_sizes_work_over_root_and_plan_as_locally(
 
 
 def test_small_byte_step_cuts_remote_files_into_many_chunks(files: dict[str, list]) -> None:
-    reader = EventReader(files["remote"], FEATURES, step_size="10 kB")
+    reader = EventReader(files["remote"], FEATURES, ReadOptions(step_size="10 kB"))
     assert len(reader.chunks) > 2 * len(SIZES)
     out = read_all(dataset(files["remote"], normalize=None, step_size="10 kB", shuffle=True))
     assert sorted(out["x"][:, 0].long().tolist()) == list(range(NUM_EVENTS))
@@ -138,7 +139,7 @@ def test_glob_over_root_expands_sorted_like_a_local_glob(
     files: dict[str, list], xrootd: XRootDServer
 ) -> None:
     pattern = xrootd.url("sub/*.root") + ":Events"  # a glob and a tree despite URL colons
-    globbed = EventReader(pattern, FEATURES, tree="other")
+    globbed = EventReader(pattern, FEATURES, ReadOptions(tree="other"))
     assert [s.path for s in globbed.sources] == files["remote"]
     assert {s.tree for s in globbed.sources} == {"Events"}
     assert_same(

@@ -18,6 +18,7 @@ import uproot
 from rootstream import RootIterableDataset
 from rootstream.chunks import memory_size
 from rootstream.errors import ChunkReadError
+from rootstream.options import ReadOptions
 from rootstream.prefetch import prefetch
 from rootstream.preprocess import Jagged
 from rootstream.reader import EventReader
@@ -148,21 +149,23 @@ def test_retry_waits_double_up_to_a_cap_and_are_jittered() -> None:
 def test_a_lost_connection_while_probing_is_retried_not_called_a_missing_branch(
     hzz: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    real, failures = columns.read_columns, [ConnectionResetError(104, "reset by peer")]
+    real, failures = columns._evaluate, [ConnectionResetError(104, "reset by peer")]
 
     def failing_once(*args: object, **kwargs: object) -> object:
         if failures:
             raise failures.pop()
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(columns, "read_columns", failing_once)  # what the probe calls
+    monkeypatch.setattr(columns, "_evaluate", failing_once)  # what the probe calls
     with caplog.at_level(logging.WARNING, logger="rootstream"):
-        reader = EventReader(hzz, ["MET_px * 2", "Jet_Px"], tree="events", retry_wait=0)
+        reader = EventReader(
+            hzz, ["MET_px * 2", "Jet_Px"], ReadOptions(tree="events", retry_wait=0)
+        )
     assert reader.jagged == {"MET_px * 2": False, "Jet_Px": True}  # the expression is read
     assert any("entry 0" in r.getMessage() and "retry 1" in r.getMessage() for r in caplog.records)
     failures += [ConnectionResetError(104, "reset by peer")] * 2  # now it lasts: an I/O error
     with pytest.raises(ChunkReadError, match="still failing after 1 retries") as info:
-        EventReader(hzz, ["MET_px * 2"], tree="events", retries=1, retry_wait=0)
+        EventReader(hzz, ["MET_px * 2"], ReadOptions(tree="events", retries=1, retry_wait=0))
     assert (info.value.file, info.value.entry_start) == (hzz, 0)  # not a "missing branch"
 
 

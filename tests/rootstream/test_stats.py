@@ -40,6 +40,8 @@ def assert_stats_match(stats: Stats, branch: str, array: ak.Array) -> None:
     assert stats.std[branch] == pytest.approx(values.std(ddof=0), rel=1e-6)
     assert stats.min[branch] == values.min()
     assert stats.max[branch] == values.max()
+    for q in (0.0, 0.16, 0.5, 0.84, 1.0):  # the sketch of so few values is exact
+        assert stats.quantile(branch, q) == np.quantile(values, q, method="inverted_cdf")
     if is_jagged(array):
         counts = ak.to_numpy(ak.num(array))
         expected = {q: length_quantile(counts, q) for q in QUANTILES}
@@ -153,6 +155,7 @@ def test_save_load_round_trip_preserves_values_and_fingerprint(
     loaded = Stats.load(path)
     for field in ("count", "mean", "std", "min", "max", "length_quantiles"):
         assert getattr(loaded, field) == getattr(stats, field), field
+    assert [loaded.describe(b) for b in HZZ_FEATURES] == [stats.describe(b) for b in HZZ_FEATURES]
     assert loaded.fingerprint == stats.fingerprint
     # the loaded statistics are accepted by a dataset over the same data
     ds = RootIterableDataset(hzz, HZZ_FEATURES, tree=HZZ_TREE, cut=cut, stats=str(path))

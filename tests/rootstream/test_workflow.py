@@ -240,7 +240,7 @@ def test_weighted_regression_from_flags(hzz, tmp_path, capsys):
         ({"epochs": "two"}, "key 'epochs' must be a positive int, not 'two'"),
         ({"batch_size": 0}, "key 'batch_size' must be a positive int"),
         ({"validation": 1.5}, "key 'validation' must be a fraction between 0 and 1"),
-        ({"normalize": "zscore"}, "key 'normalize' must be 'standard', 'minmax' or null"),
+        ({"normalize": "zscore"}, "key 'normalize' must be 'standard', 'minmax', 'robust' or null"),
         ({"features": "MET_pt"}, "key 'features' must be a list"),
         ({"model": "model.txt"}, "key 'model' must be 'path/to/model.py:function'"),
         ({"max_length": {"Jet_*": -1}}, "key 'max_length' must be a positive int"),
