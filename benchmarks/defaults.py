@@ -6,10 +6,11 @@ generated NanoAOD-like files (:mod:`rootstream.synthetic`, not real data) of 23 
 jagged float32 branches padded to 87 columns:
 
 - (a) ``uproot.iterate(..., library="ak")``, reading only;
-- (b) rootstream, 0 workers; (s) the same shuffled; (c) 2 DataLoader workers;
+- (b) rootstream, 0 workers; (s) the same shuffled; (c) 2 DataLoader workers; (t) 2
+  workers, shuffled;
 - (p) padding and normalization alone (``preprocess.assemble`` on decoded columns).
 
-Each of (a), (b), (s), (c) runs ``--repeat`` times in a fresh process (median reported, peak
+Each of (a), (b), (s), (c), (t) runs ``--repeat`` times in a fresh process (median reported, peak
 RSS of that process); (a)'s decompressed MB/s on its one core stands next to the codec's
 single-core ceiling (lzbench figures for a modern core). Run::
 
@@ -51,6 +52,7 @@ MODES = {
     "b": "rootstream, 0 workers",
     "s": "rootstream, 0 workers, shuffled",
     "c": "rootstream, 2 workers",
+    "t": "rootstream, 2 workers, shuffled",
 }
 
 
@@ -83,8 +85,8 @@ def dataset(path: Path, *, source: str | None = None, **options) -> RootIterable
 def run_mode(mode: str, path: Path) -> int:
     if mode == "a":
         return sum(len(a) for a in uproot.iterate(f"{path}:{TREE}", BRANCHES, library="ak"))
-    ds = dataset(path, shuffle=mode == "s")
-    loader = DataLoader(ds, batch_size=None, num_workers=2 if mode == "c" else 0)
+    ds = dataset(path, shuffle=mode in "st")
+    loader = DataLoader(ds, batch_size=None, num_workers=2 if mode in "ct" else 0)
     return sum(len(batch["x"]) for batch in loader)
 
 
@@ -156,16 +158,18 @@ def benchmark(args: argparse.Namespace) -> list[dict[str, object]]:
 
 def markdown(rows: list[dict[str, object]]) -> str:
     lines = [
-        "| file | (a) uproot ev/s | (b) 0 workers | (s) shuffled | (c) 2 workers | b/a "
-        "| s/a | c/b | (p) assembly ev/s | p/a | (a) MB/s per core / codec ceiling "
-        "| peak RSS b / s (MB) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| file | (a) uproot ev/s | (b) 0 workers | (s) shuffled | (c) 2 workers "
+        "| (t) 2 workers, shuffled | b/a | s/a | c/b | t/s | (p) assembly ev/s | p/a "
+        "| (a) MB/s per core / codec ceiling | peak RSS b / s (MB) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+        "| ---: | ---: |",
     ]
     for r in rows:
-        a, b, s, c = (r[m]["events_per_s"] for m in "absc")
+        a, b, s, c, t = (r[m]["events_per_s"] for m in "absct")
         lines.append(
-            f"| {r['file']} | {a:,.0f} | {b:,.0f} | {s:,.0f} | {c:,.0f} | {b / a:.2f}x "
-            f"| {s / a:.2f}x | {c / b:.2f}x | {r['p']:,.0f} | {r['p'] / a:.1f}x "
+            f"| {r['file']} | {a:,.0f} | {b:,.0f} | {s:,.0f} | {c:,.0f} | {t:,.0f} "
+            f"| {b / a:.2f}x | {s / a:.2f}x | {c / b:.2f}x | {t / s:.2f}x "
+            f"| {r['p']:,.0f} | {r['p'] / a:.1f}x "
             f"| {r['raw_mb_per_s_per_core']:.0f} / {r['ceiling_mb_per_s']} "
             f"| {r['b']['peak_rss_mb']:.0f} / {r['s']['peak_rss_mb']:.0f} |"
         )

@@ -76,7 +76,7 @@ def defaults_ratios() -> dict[str, str]:
     """The range over the defaults benchmark's files of each ratio the text quotes."""
     rows = load("defaults")["rows"]
     fields = {}
-    for top, bottom in (("b", "a"), ("s", "a"), ("p", "a"), ("c", "b")):
+    for top, bottom in (("b", "a"), ("s", "a"), ("p", "a"), ("c", "b"), ("t", "s")):
         ratios = sorted(_rate(r, top) / _rate(r, bottom) for r in rows)
         fields[f"defaults_{top}_over_{bottom}"] = f"{ratios[0]:.2f}x-{ratios[-1]:.2f}x"
     return fields

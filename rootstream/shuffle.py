@@ -8,7 +8,10 @@ An epoch is planned in three steps (:func:`shard_windows`):
 1. the chunks are put in a (seed, epoch) order and cut into *groups* of consecutive chunks;
 2. every chunk's selected events are cut into one part per shard (a DataLoader worker of a
    rank), of equal size to within one event, the larger parts rotating over the shards so
-   that shard totals also differ by at most one event;
+   that shard totals also differ by at most one event (:func:`shard_parts`). Without
+   shuffling, shard ``k`` instead takes the ``k``-th of ``n`` equal stretches of the plan's
+   events (:func:`contiguous_parts`): each chunk is then read by one shard (two where a
+   stretch ends), so no basket is decompressed by every shard;
 3. each shard reads a group through *windows*: window ``t`` of ``w`` takes the ``t``-th of
    ``w`` consecutive slices of the shard's part of every chunk of the group, so every window
    holds the group's chunks in the group's proportions, and a chunk is read front to back.
@@ -29,6 +32,7 @@ import numpy as np
 __all__ = [
     "Piece",
     "chunk_order",
+    "contiguous_parts",
     "event_order",
     "group_size",
     "is_held_out",
@@ -78,6 +82,19 @@ def shard_parts(counts: np.ndarray, num_shards: int) -> np.ndarray:
     return bounds
 
 
+def contiguous_parts(counts: np.ndarray, num_shards: int) -> np.ndarray:
+    """Where each chunk's selected events are cut when shard k takes the k-th of
+    ``num_shards`` consecutive, equal stretches (to within one event) of all the events.
+
+    Returns:
+        int64 ``[num_chunks, num_shards + 1]``, as :func:`shard_parts`.
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    before = np.cumsum(counts) - counts  # events of the chunks before each chunk
+    cuts = np.arange(num_shards + 1) * int(counts.sum()) // num_shards
+    return np.clip(cuts[None, :] - before[:, None], 0, counts[:, None])
+
+
 def shard_windows(
     counts: np.ndarray,
     shard: int,
@@ -102,7 +119,8 @@ def shard_windows(
             more leave out the last event of their stream.
     """
     order = chunk_order(len(counts), shuffle=shuffle, seed=seed, epoch=epoch)
-    bounds = shard_parts(np.asarray(counts, dtype=np.int64)[order], num_shards)
+    parts = shard_parts if shuffle else contiguous_parts
+    bounds = parts(np.asarray(counts, dtype=np.int64)[order], num_shards)
     starts, sizes = bounds[:, shard], bounds[:, shard + 1] - bounds[:, shard]
     windows = []
     for low in range(0, len(order), group):

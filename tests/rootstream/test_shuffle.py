@@ -12,6 +12,7 @@ import pytest
 from rootstream.chunks import GRID, Chunk, SelectionIndex
 from rootstream.shuffle import (
     chunk_order,
+    contiguous_parts,
     event_order,
     group_size,
     is_held_out,
@@ -105,11 +106,27 @@ def test_a_shard_reads_each_chunk_front_to_back_in_consecutive_pieces():
                 assert before.stop == after.first
 
 
-def test_without_shuffle_a_shard_reads_its_part_of_each_chunk_in_plan_order():
-    pieces = [p for w in plan(COUNTS, 1, 2, shuffle=False, group=1) for p in w]
-    assert [p.chunk for p in pieces] == sorted(p.chunk for p in pieces)
-    part_sizes = np.diff(shard_parts(np.asarray(COUNTS), 2), axis=1)[:, 1]
-    assert [p.stop - p.first for p in pieces] == [n for n in part_sizes.tolist() if n]
+@pytest.mark.parametrize("num_shards", [1, 2, 3, 7, 40])
+def test_without_shuffle_shard_k_reads_the_kth_stretch_of_the_plan_in_order(num_shards):
+    everything = [(i, e) for i, n in enumerate(COUNTS) for e in range(n)]
+    total = len(everything)
+    for shard in range(num_shards):
+        low, high = shard * total // num_shards, (shard + 1) * total // num_shards
+        read = events_of(plan(COUNTS, shard, num_shards, shuffle=False, group=1))
+        assert read == everything[low:high]
+
+
+@pytest.mark.parametrize("num_shards", [2, 3, 5])
+def test_contiguous_parts_split_at_most_one_chunk_per_stretch_end(num_shards):
+    rng = np.random.default_rng(num_shards)
+    counts = rng.integers(0, 50, 200)
+    bounds = contiguous_parts(counts, num_shards)
+    sizes = np.diff(bounds, axis=1)
+    np.testing.assert_array_equal(bounds[:, 0], 0)
+    np.testing.assert_array_equal(bounds[:, -1], counts)
+    assert (sizes >= 0).all()
+    assert sizes.sum(axis=0).max() - sizes.sum(axis=0).min() <= 1
+    assert ((sizes > 0).sum(axis=1) > 1).sum() <= num_shards - 1  # chunks read by two shards
 
 
 def test_shard_parts_differ_by_one_event_per_chunk_and_per_shard_total():
