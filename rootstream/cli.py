@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from rootstream import __version__
 from rootstream.chunks import DEFAULT_STEP_SIZE
 from rootstream.config import TOKEN_VARIABLE
 from rootstream.errors import RootStreamError
 from rootstream.vocabulary import TASKS
+
+if TYPE_CHECKING:
+    from rootstream.stats import Stats
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,10 +37,30 @@ def _parser() -> argparse.ArgumentParser:
     stats.add_argument("--features", nargs="+", required=True, help="branch names or expressions")
     stats.add_argument("--tree", default="Events", help="tree of files that name none")
     stats.add_argument("--cut", help="selection expression")
+    stats.add_argument("--label", help="branch or expression giving the class (for --reweight)")
+    stats.add_argument(
+        "--labels", nargs="+", type=_yaml_value, help="one label per file, in the files' order"
+    )
+    stats.add_argument("--weight", help="branch or expression giving a per-event weight")
+    stats.add_argument(
+        "--reweight",
+        type=_yaml_value,
+        help="a YAML mapping, e.g. '{variables: [MET_pt], bins: [[0, 50, 100]]}': also count "
+        "the classes' reweighting histograms (see docs/dataset.md)",
+    )
     stats.add_argument("--step-size", default=DEFAULT_STEP_SIZE, help="entries or memory per read")
+    stats.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="a Dask scheduler (tcp://HOST:PORT) whose workers read the chunks "
+        "(pip install 'rootstream[dask]'; see docs/distributed.md)",
+    )
     stats.add_argument("-o", "--output", required=True, help="JSON file to write")
     stats.add_argument(
-        "--plot", metavar="DIR", help="also write a PNG histogram per feature, raw and normalized"
+        "--plot",
+        metavar="DIR",
+        help="also write a PNG histogram per feature, raw and normalized (and, with "
+        "--reweight, the classes before and after reweighting)",
     )
     stats.add_argument(
         "--plot-events", type=int, default=100_000, help="events drawn in the histograms"
@@ -110,6 +135,9 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
         train.add_argument(f"--{flag}")
     train.add_argument("--task", choices=TASKS)
     train.add_argument(
+        "--reweight", type=_yaml_value, help="a YAML mapping (the config's reweight key)"
+    )
+    train.add_argument(
         "--max-length", type=_yaml_value, help="an int or a YAML mapping, e.g. '{Jet_*: 4}'"
     )
     train.add_argument("--normalize", choices=["standard", "minmax", "robust", "none"])
@@ -153,20 +181,54 @@ def _stats(args: argparse.Namespace) -> None:
     from rootstream.parallel import compute_stats
 
     step = int(args.step_size) if args.step_size.isdigit() else args.step_size
-    options = {"tree": args.tree, "cut": args.cut, "step_size": step}
-    stats = compute_stats(args.files, args.features, **options)
+    options = {"tree": args.tree, "cut": args.cut, "step_size": step, "label": args.label}
+    options.update(weight=args.weight, reweight=args.reweight)
+    files = _labelled(args.files, args.labels)
+    with _dask_client(args.scheduler) as client:
+        stats = compute_stats(files, args.features, client=client, **options)
     stats.save(args.output)
     for branch in stats.branches:
         print(stats.describe(branch))
     print(f"wrote {args.output}")
     if args.plot:
-        from rootstream.options import ReadOptions
-        from rootstream.plots import plot_feature_histograms
-        from rootstream.reader import EventReader
+        _plot_stats(files, args, stats, options)
 
-        reader = EventReader(args.files, args.features, ReadOptions(**options))
-        paths = plot_feature_histograms(reader, stats, args.plot, num_events=args.plot_events)
-        print(f"wrote {len(paths)} histograms to {args.plot}/")
+
+def _dask_client(address: str | None) -> contextlib.AbstractContextManager:
+    """A client of the Dask scheduler at ``address``, closed on exit (None without one)."""
+    if address is None:
+        return contextlib.nullcontext()
+    from rootstream.cluster import connect
+
+    return connect(address)
+
+
+def _labelled(files: list[str], labels: list[Any] | None) -> list[str] | dict[str, Any]:
+    """The files, or ``{file: label}`` when a label is given per file."""
+    if labels is None:
+        return files
+    if len(labels) != len(files):
+        raise ValueError(f"--labels gives {len(labels)} labels for {len(files)} files")
+    return dict(zip(files, labels, strict=True))
+
+
+def _plot_stats(
+    files: list[str] | dict[str, Any],
+    args: argparse.Namespace,
+    stats: Stats,
+    options: dict[str, Any],
+) -> None:
+    from rootstream.options import ReadOptions
+    from rootstream.plots import plot_feature_histograms, plot_reweighting
+    from rootstream.reader import EventReader
+
+    reader = EventReader(files, args.features, ReadOptions(**options))
+    paths = plot_feature_histograms(reader, stats, args.plot, num_events=args.plot_events)
+    print(f"wrote {len(paths)} histograms to {args.plot}/")
+    if reader.options.reweight is not None:
+        path = Path(args.plot) / "reweighting.png"
+        plot_reweighting(stats, reader.options.reweight, path, class_names=reader.label_names)
+        print(f"wrote {path}")
 
 
 def _inspect(args: argparse.Namespace) -> None:

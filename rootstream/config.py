@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from rootstream.chunks import DEFAULT_STEP_SIZE
-from rootstream.errors import ConfigError, close_matches
+from rootstream.errors import ConfigError, InvalidArgumentError, close_matches
 from rootstream.options import ReadOptions
 from rootstream.vocabulary import NORMALIZATIONS, TASKS
 
@@ -36,6 +36,7 @@ class TrainConfig:
     label: str | None = None
     weight: str | None = None
     cut: str | None = None
+    reweight: dict[str, Any] | None = None
     task: str | None = None
     max_length: int | dict[str, int] | None = None
     normalize: str | None = "standard"
@@ -55,7 +56,7 @@ class TrainConfig:
 
     @property
     def read_options(self) -> ReadOptions:
-        """How the data is read: tree, label, weight, cut, task, step size."""
+        """How the data is read: tree, label, weight, cut, reweighting, task, step size."""
         return ReadOptions.among(vars(self))
 
     def to_dict(self) -> dict[str, Any]:
@@ -139,6 +140,10 @@ RULES: dict[str, tuple[Check, str]] = {
     "label": (_optional(_is_str), "a branch name or expression"),
     "weight": (_optional(_is_str), "a branch name or expression"),
     "cut": (_optional(_is_str), "a selection expression"),
+    "reweight": (
+        _optional(lambda v: isinstance(v, Mapping)),
+        "a mapping {variables: [...], bins: [[edges], ...], method: flat|ref, ...}",
+    ),
     "task": (_optional(lambda v: v in TASKS), f"one of {list(TASKS)} (or omit: inferred)"),
     "max_length": (_optional(_max_length), "a positive int or a mapping {branch-or-glob: int}"),
     "normalize": (lambda v: v in NORMALIZATIONS, "'standard', 'minmax', 'robust' or null"),
@@ -201,6 +206,10 @@ def check_config(values: Mapping[str, Any], *, source: str = "the config") -> Tr
         raise ConfigError(
             f"{source}: no labels: make 'files' a mapping {{file: label}} or give 'label'"
         )
+    try:
+        ReadOptions.among(values)
+    except InvalidArgumentError as err:
+        raise ConfigError(f"{source}: {err}") from err
     names = {f.name for f in fields(TrainConfig)}
     return TrainConfig(**{k: _copy(v) for k, v in values.items() if k in names})
 

@@ -19,6 +19,7 @@ from rootstream.options import DEFAULT_RETRIES, DEFAULT_RETRY_WAIT, ReadOptions
 from rootstream.parallel import parallel_stats
 from rootstream.preprocess import Spec
 from rootstream.reader import EventReader, Split
+from rootstream.reweight import Reweighting
 from rootstream.specs import build_spec, configured_length
 from rootstream.stats import Stats
 from rootstream.stream import EpochStream, StreamOptions, fresh_position
@@ -44,6 +45,11 @@ class RootIterableDataset(IterableDataset):
         label: branch or expression giving the label (instead of a files dict).
         weight: branch or expression giving a per-event weight (``"w"``).
         cut: selection expression; events failing it never appear.
+        reweight: ``{"variables": [...], "bins": [[edges], ...], "method": "flat" | "ref",
+            "reference": label, "max_weight": float | None, "base_weight": bool}``:
+            multiply ``"w"`` by the factor that makes each class flat in the variables (or
+            shaped like the reference class), from histograms in the statistics (see
+            docs/dataset.md, "Reweighting"). Needs class labels.
         max_length: padded length of jagged features: an int, or ``{name_or_glob: int}``.
             Unset lengths are the 95% quantile of the feature's lengths in the statistics.
         normalize: ``"standard"``, ``"minmax"``, ``"robust"`` (median, and half the
@@ -88,6 +94,7 @@ class RootIterableDataset(IterableDataset):
         label: str | None = None,
         weight: str | None = None,
         cut: str | None = None,
+        reweight: Mapping[str, Any] | None = None,
         max_length: int | Mapping[str, int] | None = None,
         normalize: str | None = "standard",
         stats: Stats | str | os.PathLike | None = None,
@@ -132,6 +139,7 @@ class RootIterableDataset(IterableDataset):
         self._epoch = _shared_epoch()
         self._stats = self._given_stats(stats)
         self._spec = self._build_spec()
+        self._reweighting = self._build_reweighting()
         self._selection = self._reader.selection_index(skipped=self._skip_list)
         self._stream: EpochStream | None = None
         self._resume: dict[str, Any] | None = None
@@ -202,6 +210,12 @@ class RootIterableDataset(IterableDataset):
             normalize=self.normalize,
             groups=self._groups,
         )
+
+    def _build_reweighting(self) -> Reweighting | None:
+        reweight = self._reader.options.reweight
+        if reweight is None:
+            return None
+        return Reweighting.of(self.stats.histograms, reweight, self.label_names)
 
     # ----------------------------------------------------------------- epochs, state, split
     @property
@@ -327,6 +341,7 @@ class RootIterableDataset(IterableDataset):
             seed=self.seed,
             shuffle_chunks=self.shuffle_chunks,
             even=self._even,
+            reweighting=self._reweighting,
         )
 
     @property

@@ -15,6 +15,7 @@ from typing import Any
 from rootstream.cache import DEFAULT_CACHE_LIMIT
 from rootstream.chunks import DEFAULT_STEP_SIZE
 from rootstream.errors import InvalidArgumentError
+from rootstream.reweight import Reweight
 from rootstream.vocabulary import TASKS
 
 __all__ = ["DEFAULT_RETRIES", "DEFAULT_RETRY_WAIT", "ReadOptions"]
@@ -25,7 +26,8 @@ DEFAULT_RETRY_WAIT = 1.0  # seconds before the first retry, then doubled (rootst
 
 @dataclass(frozen=True, kw_only=True)
 class ReadOptions:
-    """How events are read: which tree, which of them, with what labels, weights and retries.
+    """How events are read: which tree, which of them, with what labels, weights, reweighting
+    and retries.
 
     Each field means what the keyword of the same name of
     :class:`~rootstream.RootIterableDataset` means; the defaults are its defaults.
@@ -42,8 +44,16 @@ class ReadOptions:
     retry_wait: float = DEFAULT_RETRY_WAIT
     cache: str | os.PathLike | bool | None = None
     cache_limit: int | str = DEFAULT_CACHE_LIMIT
+    reweight: Mapping[str, Any] | Reweight | None = None  # a Reweight once checked
 
     def __post_init__(self) -> None:
+        if self.reweight is not None:
+            object.__setattr__(self, "reweight", Reweight.parse(self.reweight))
+            if self.reweight.base_weight and self.weight is None:
+                raise InvalidArgumentError(
+                    "reweight 'base_weight' fills the histograms with weight=, but no weight "
+                    "is given"
+                )
         if self.nonfinite != "raise" and not isinstance(self.nonfinite, (int, float)):
             raise TypeError(
                 f"nonfinite must be 'raise' or a number to replace with, not {self.nonfinite!r}"

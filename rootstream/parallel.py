@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from multiprocessing.context import BaseContext
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from rootstream.cache import DEFAULT_CACHE_LIMIT
 from rootstream.chunks import DEFAULT_STEP_SIZE
+from rootstream.cluster import cluster_stats
 from rootstream.options import DEFAULT_RETRIES, DEFAULT_RETRY_WAIT, ReadOptions
 from rootstream.progress import progress_bar
 from rootstream.reader import EventReader
@@ -24,6 +25,9 @@ from rootstream.scan import (
 )
 from rootstream.stats import Stats
 from rootstream.world import is_distributed
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 __all__ = ["compute_stats", "parallel_stats"]
 
@@ -101,7 +105,10 @@ def compute_stats(
     features: Sequence[str],
     *,
     tree: str = "Events",
+    label: str | None = None,
+    weight: str | None = None,
     cut: str | None = None,
+    reweight: Mapping[str, Any] | None = None,
     step_size: int | str = DEFAULT_STEP_SIZE,
     nonfinite: str | float = "raise",
     num_workers: int = 0,
@@ -111,13 +118,15 @@ def compute_stats(
     retry_wait: float = DEFAULT_RETRY_WAIT,
     cache: str | os.PathLike | bool | None = None,
     cache_limit: int | str = DEFAULT_CACHE_LIMIT,
+    client: Client | None = None,
 ) -> Stats:
     """Compute the statistics of ``features`` over every event of ``files`` passing ``cut``.
 
     Arguments mean what they mean for :class:`rootstream.RootIterableDataset`.
     ``num_workers`` processes share the pass (and, under torch.distributed, all ranks:
     call it on every rank). The result equals a single-process pass to floating-point
-    rounding.
+    rounding. With ``reweight`` (which needs labels: a files dict or ``label``), they also
+    hold its per-class histograms (see docs/dataset.md, "Reweighting").
 
     Args:
         num_workers: DataLoader worker processes (0: read in this process); each opens a
@@ -129,11 +138,16 @@ def compute_stats(
         progress: show a progress bar (None: only on a terminal).
         cache, cache_limit: a decoded-chunk cache that the pass fills, so that a dataset
             over the same files, features, cut and step size starts with every chunk cached.
+        client: a ``dask.distributed.Client``: the cluster's workers read the chunks, a task
+            each, and merge them in a tree instead (``rootstream[dask]``; see
+            docs/distributed.md and :mod:`rootstream.cluster` for how the result compares).
 
     Returns:
         The statistics, bound to the data's fingerprint (see :class:`~rootstream.Stats`).
     """
     reader = EventReader(files, features, ReadOptions.among(locals()))
+    if client is not None:
+        return cluster_stats(reader, client, progress=progress)
     return parallel_stats(
         reader,
         num_workers=num_workers,

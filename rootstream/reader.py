@@ -27,6 +27,7 @@ from rootstream.cache import CacheKey, open_cache
 from rootstream.chunks import SelectionIndex, plan_chunks
 from rootstream.cpus import available_cpus
 from rootstream.errors import (
+    BranchNotFoundError,
     ChunkReadError,
     InvalidArgumentError,
     NonFiniteValueError,
@@ -39,6 +40,7 @@ from rootstream.shuffle import is_held_out
 from rootstream.sources import (
     Chunk,
     Source,
+    branches_read,
     close_tree,
     data_errors,
     inspect_source,
@@ -66,11 +68,13 @@ class Split:
 
 @dataclass
 class Block:
-    """The selected events of one chunk: feature columns, labels and weights."""
+    """The selected events of one chunk: feature columns, labels, weights and the
+    reweighting variables (float64 ``[n, D]``, when reweighting)."""
 
     columns: dict[str, Column]
     y: np.ndarray | None
     w: np.ndarray | None
+    variables: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(next(iter(self.columns.values())))
@@ -83,6 +87,7 @@ class Block:
             columns={k: slice_rows(c, first, stop) for k, c in self.columns.items()},
             y=None if self.y is None else self.y[first:stop],
             w=None if self.w is None else self.w[first:stop],
+            variables=None if self.variables is None else self.variables[first:stop],
         )
 
 
@@ -174,7 +179,9 @@ class EventReader:
         self.features = list(features)
         self.split: Split | None = None
         self.expressions = list(
-            dict.fromkeys(e for e in [*features, options.label, self.weight, self.cut] if e)
+            dict.fromkeys(
+                e for e in [*features, options.label, self.weight, self.cut, *self.variables] if e
+            )
         )
         probe, self.infos = self._inspect(options.step_size)
         self.jagged = {f: isinstance(probe[f], Jagged) for f in features}
@@ -182,7 +189,11 @@ class EventReader:
         for what, expr in (("weight", self.weight), ("cut", self.cut), ("label", options.label)):
             if expr:
                 flat(probe[expr], f"{what} {expr!r}")
+        for variable in self.variables:
+            flat(probe[variable], f"reweight variable {variable!r}")
         self.task = options.task or infer_task(file_labels, probe.get(options.label))
+        if options.reweight is not None:
+            options.reweight.check_task(self.task)
         self.label_names = class_names(file_labels)
         self.chunks = plan_chunks(self.infos)
         self._chunk_starts = [(c.source, c.start) for c in self.chunks]
@@ -196,6 +207,17 @@ class EventReader:
     @property
     def weight(self) -> str | None:
         return self.options.weight
+
+    @property
+    def variables(self) -> tuple[str, ...]:
+        """The reweighting variables (none without ``reweight``)."""
+        reweight = self.options.reweight
+        return () if reweight is None else reweight.variables
+
+    @property
+    def has_weights(self) -> bool:
+        """Whether events carry a weight ``"w"``: ``weight=``, ``reweight=`` or both."""
+        return self.weight is not None or self.options.reweight is not None
 
     def with_split(self, split: Split) -> EventReader:
         """This reader, keeping only the events of one part of a split (nothing is reopened)."""
@@ -212,14 +234,21 @@ class EventReader:
                     trees,
                     0,
                     "the tree's metadata",
-                    lambda tree: inspect_source(
-                        tree, self.expressions, step_size, planned=self.features
-                    ),
+                    lambda tree: self._inspect_tree(tree, step_size),
                 )
                 infos.append(info)
                 if probe is None:
                     probe = self._probe(trees, source)
         return probe, infos
+
+    def _inspect_tree(self, tree: Any, step_size: int | str) -> Any:
+        """Check every expression (an unknown reweighting variable named as such) and measure
+        the tree for planning."""
+        try:
+            branches_read(tree, self.variables)
+        except BranchNotFoundError as err:
+            raise BranchNotFoundError(f"reweight 'variables': {err}") from err
+        return inspect_source(tree, self.expressions, step_size, planned=self.features)
 
     def _probe(self, trees: TreeCache, source: Source) -> dict[str, Column]:
         """Entry 0 of every expression (see :func:`probe_columns`), with retries."""
@@ -238,8 +267,9 @@ class EventReader:
         return sum(info.num_entries for info in self.infos)
 
     def fingerprint(self) -> dict[str, Any]:
-        """What identifies the selected events: files, trees, entries, features, cut, split."""
-        return {
+        """What identifies the selected events: files, trees, entries, features, cut, split
+        and, when reweighting, what its histograms depend on."""
+        fingerprint = {
             "sources": [
                 {"file": s.path, "tree": s.tree, "uuid": i.uuid, "entries": i.num_entries}
                 for s, i in zip(self.sources, self.infos, strict=False)
@@ -248,6 +278,11 @@ class EventReader:
             "cut": self.cut,
             "split": None if self.split is None else vars(self.split),
         }
+        reweight = self.options.reweight
+        if reweight is not None:
+            labels = self.options.label or [s.label for s in self.sources]
+            fingerprint["reweight"] = reweight.histogram_key(labels, self.weight)
+        return fingerprint
 
     def read(
         self, chunk: Chunk, trees: TreeCache, *, skipped: list[dict[str, Any]] | None = None
@@ -273,6 +308,17 @@ class EventReader:
             columns={f: columns[f] for f in self.features},
             y=self._labels(source, columns, len(entries)),
             w=None if self.weight is None else columns[self.weight].astype(np.float32),
+            variables=self._variable_values(columns, len(entries)),
+        )
+
+    def _variable_values(self, columns: Mapping[str, Column], n: int) -> np.ndarray | None:
+        """The reweighting variables as float64 ``[n, D]`` (None without reweighting)."""
+        if not self.variables:
+            return None
+        return (
+            np.column_stack([columns[v] for v in self.variables])
+            .astype(np.float64)
+            .reshape(n, len(self.variables))
         )
 
     def selection_index(

@@ -14,10 +14,12 @@ from tqdm import tqdm
 from rootstream.prefetch import prefetch
 from rootstream.preprocess import Column, Jagged
 from rootstream.reader import Block, EventReader, TreeCache
+from rootstream.reweight import ClassHistograms
 from rootstream.stats import Stats
 
 __all__ = [
     "ChunkStats",
+    "block_stats",
     "chunk_partials",
     "collect_partials",
     "iter_chunk_stats",
@@ -49,7 +51,18 @@ def iter_chunk_stats(
         closing(prefetch(_read_blocks(reader, trees, list(indices), skip), stop=stop)) as blocks,
     ):
         for index, block, records in blocks:
-            yield ChunkStats(index, None if block is None else Stats.of(block.columns), records)
+            yield ChunkStats(index, None if block is None else block_stats(reader, block), records)
+
+
+def block_stats(reader: EventReader, block: Block) -> Stats:
+    """The statistics of one block's features and, when reweighting, its class histograms
+    (filled with the events' weights under ``base_weight``)."""
+    reweight = reader.options.reweight
+    if reweight is None:
+        return Stats.of(block.columns)
+    weights = block.w if reweight.base_weight else None
+    histograms = ClassHistograms.of(reweight.bins, block.variables, block.y, weights)
+    return Stats.of(block.columns, histograms=histograms)
 
 
 def _read_blocks(
@@ -106,9 +119,15 @@ def chunk_partials(
 
 def merge_partials(reader: EventReader, partials: Iterable[tuple[int, Stats]]) -> Stats:
     """Merge per-chunk partial results in chunk order, so every process gets the same result."""
-    empty = Stats.of({f: _empty_like(reader.jagged[f]) for f in reader.features})
+    columns = {f: _empty_like(reader.jagged[f]) for f in reader.features}
+    empty = block_stats(reader, Block(columns, *_no_events(reader)))
     ordered = [stats for _, stats in sorted(partials, key=lambda p: p[0])]
-    return Stats(Stats.merge_all([empty, *ordered])._moments, reader.fingerprint())
+    return Stats.merge_all([empty, *ordered]).bound(reader.fingerprint())
+
+
+def _no_events(reader: EventReader) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Labels, weights and reweighting variables of no event."""
+    return np.zeros(0), np.zeros(0), np.zeros((0, len(reader.variables)))
 
 
 def _empty_like(jagged: bool) -> Column:

@@ -16,6 +16,7 @@ import numpy as np
 
 from rootstream.errors import StatsMismatchError
 from rootstream.preprocess import ROBUST_QUANTILES, Column, Jagged, normalization
+from rootstream.reweight import ClassHistograms
 from rootstream.sketch import QuantileSketch
 
 __all__ = ["QUANTILES", "Moments", "Stats"]
@@ -108,23 +109,47 @@ class Stats:
     ``length_quantiles`` (``{quantile: number of elements}``). :meth:`quantile` reads
     any quantile of a branch from its sketch (:mod:`rootstream.sketch`). ``fingerprint``
     identifies the data they were computed on (files, trees, entries, features, cut).
+    ``histograms`` are the per-class histograms of ``reweight=`` (None without it).
     """
 
-    def __init__(self, moments: Mapping[str, Moments], fingerprint: dict | None = None) -> None:
+    def __init__(
+        self,
+        moments: Mapping[str, Moments],
+        fingerprint: dict | None = None,
+        *,
+        histograms: ClassHistograms | None = None,
+    ) -> None:
         self._moments = dict(moments)
         self.fingerprint = fingerprint
+        self.histograms = histograms
 
     @classmethod
-    def of(cls, columns: Mapping[str, Column], fingerprint: dict | None = None) -> Stats:
-        """Statistics of one block of columns: a partial result to merge with others."""
-        return cls({name: Moments.of(col) for name, col in columns.items()}, fingerprint)
+    def of(
+        cls,
+        columns: Mapping[str, Column],
+        fingerprint: dict | None = None,
+        *,
+        histograms: ClassHistograms | None = None,
+    ) -> Stats:
+        """Statistics of one block of columns (and its reweighting histograms): a partial
+        result to merge with others."""
+        moments = {name: Moments.of(col) for name, col in columns.items()}
+        return cls(moments, fingerprint, histograms=histograms)
 
     def merge(self, other: Stats) -> Stats:
-        """Combine partial results over disjoint events (same branches)."""
+        """Combine partial results over disjoint events (same branches, both with or both
+        without reweighting histograms)."""
         if self._moments.keys() != other._moments.keys():
             raise ValueError("cannot merge statistics of different branches")
+        if (self.histograms is None) != (other.histograms is None):
+            raise ValueError("cannot merge statistics with reweighting histograms and without")
         merged = {b: m.merge(other._moments[b]) for b, m in self._moments.items()}
-        return Stats(merged, self.fingerprint)
+        histograms = None if self.histograms is None else self.histograms.merge(other.histograms)
+        return Stats(merged, self.fingerprint, histograms=histograms)
+
+    def bound(self, fingerprint: dict | None) -> Stats:
+        """These statistics, bound to the fingerprint of the data they describe."""
+        return Stats(self._moments, fingerprint, histograms=self.histograms)
 
     @classmethod
     def merge_all(cls, parts: Iterable[Stats]) -> Stats:
@@ -239,7 +264,7 @@ class Stats:
 
     def unbound(self) -> Stats:
         """A copy without fingerprint, to apply these statistics to other data on purpose."""
-        return Stats(self._moments, None)
+        return self.bound(None)
 
     def check(self, fingerprint: dict, features: Iterable[str]) -> None:
         """Raise :class:`StatsMismatchError` saying what differs from the data described."""
@@ -263,6 +288,7 @@ class Stats:
             "version": STATS_VERSION,
             "fingerprint": self.fingerprint,
             "branches": {b: _moments_to_json(m) for b, m in self._moments.items()},
+            "histograms": None if self.histograms is None else self.histograms.to_json(),
         }
         tmp = f"{os.fspath(path)}.tmp"
         with open(tmp, "w") as f:
@@ -280,7 +306,9 @@ class Stats:
                 f"(version {data.get('version')!r}, expected {STATS_VERSION})"
             )
         moments = {b: _moments_from_json(m) for b, m in data["branches"].items()}
-        return cls(moments, data["fingerprint"])
+        histograms = data.get("histograms")
+        histograms = None if histograms is None else ClassHistograms.from_json(histograms)
+        return cls(moments, data["fingerprint"], histograms=histograms)
 
     def __repr__(self) -> str:
         return f"Stats(branches={self.branches})"
@@ -316,6 +344,12 @@ def _fingerprint_differences(expected: dict, actual: dict) -> list[str]:
     for key in ("cut", "split"):
         if expected.get(key) != actual.get(key):
             problems.append(f"{key} was {expected.get(key)!r}, is now {actual.get(key)!r}")
+    wanted = actual.get("reweight")
+    if wanted is not None and expected.get("reweight") != wanted:
+        problems.append(
+            f"the reweighting histograms were of {expected.get('reweight')}, "
+            f"are now asked of {wanted}"
+        )
     theirs = {(s["uuid"], s["tree"]): s for s in expected["sources"]}
     ours = {(s["uuid"], s["tree"]): s for s in actual["sources"]}
     for key in ours.keys() - theirs.keys():

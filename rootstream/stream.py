@@ -22,6 +22,7 @@ from rootstream.prefetch import prefetch
 from rootstream.preprocess import Jagged, Spec, assemble
 from rootstream.progress import progress_bar
 from rootstream.reader import Block, EventReader, TreeCache
+from rootstream.reweight import Reweighting
 from rootstream.shuffle import Piece, event_order, group_size, shard_windows
 from rootstream.transport import say_if_workers_lack_cpus, share_batches_by_name
 from rootstream.world import Shard, cpus_of_this_process
@@ -46,6 +47,7 @@ class StreamOptions:
     seed: int
     shuffle_chunks: int
     even: bool
+    reweighting: Reweighting | None = None
 
 
 def fresh_position(shard: int, num_shards: int, epoch: int) -> dict[str, Any]:
@@ -211,9 +213,18 @@ class EpochStream:
         arrays = assemble(self.spec, block.columns)
         if block.y is not None:
             arrays["y"] = block.y
-        if block.w is not None:
-            arrays["w"] = block.w
+        weights = self._weights(block)
+        if weights is not None:
+            arrays["w"] = weights
         return arrays
+
+    def _weights(self, block: Block) -> np.ndarray | None:
+        """float32 ``[n]``: the events' ``weight=`` times their reweighting factors."""
+        reweighting = self.options.reweighting
+        if reweighting is None:
+            return block.w
+        factors = reweighting.event_factors(block.variables, block.y)
+        return factors if block.w is None else block.w * factors
 
     # ----------------------------------------------------------------- yielding
     def _events(self, windows: Iterator[tuple[Tensors, int]]) -> Iterator[dict]:
@@ -273,6 +284,6 @@ def _empty_tensors(spec: Spec, reader: EventReader) -> Tensors:
     arrays = assemble(spec, empty)
     if reader.task is not None:
         arrays["y"] = np.zeros(0, np.int64 if reader.task == "multiclass" else np.float32)
-    if reader.weight is not None:
+    if reader.has_weights:
         arrays["w"] = np.zeros(0, np.float32)
     return {k: torch.from_numpy(v) for k, v in arrays.items()}
