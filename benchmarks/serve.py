@@ -1,15 +1,21 @@
 """Requests/s and latency of ``rootstream-serve`` against a bare gunicorn + Flask + onnxruntime app.
 
 Both serve the same 28-input MLP (torch, seed 0, exported with ``rootstream.export_onnx``)
-with 2 gunicorn sync workers and one onnxruntime intra-op thread per worker, on this
-machine, loaded in turns by the same tool (wrk, 16 connections, 2 threads):
+with 2 gunicorn workers (sync for the bare app, threaded for rootstream-serve) and one
+onnxruntime intra-op thread per worker, on this machine, loaded in turns by the same tool
+(wrk, 16 connections, 2 threads):
 
 - single-row JSON predict: ``{"inputs": [[28 numbers]]}``, requests/s and p50/p99 latency;
 - batch of 1024 rows: events/s (both apps), and 1024 raw events
   (``{"events": [{"f0": ..., ...}, ...]}``, preprocessed by the server; rootstream only);
 - Open Inference Protocol (KServe v2) infer with the binary tensor extension (what
   ``tritonclient.http`` sends) at batch 1 and 1024 (rootstream only), against onnxruntime
-  ``run`` in this process on the same arrays, one thread: the physical limit per core.
+  ``run`` in this process on the same arrays, one thread: the physical limit per core;
+- dynamic batching: a heavy MLP (28-1024-1024-1024-1) under single-row JSON predict from
+  32 connections, served without and with ``dynamic_batching`` in its config.pbtxt, and a
+  trivial model (one Linear layer) on the same server: the ceiling the HTTP path sets;
+- gRPC infer (``tritonclient.grpc``) against the v2 REST binary route, both driven by the
+  same Python client threads (:mod:`serve_load`), at batch 1 and 1024.
 
 Every run is repeated (``--repeat``), interleaving the two apps, after a warm-up; the
 median is reported, and the ratio is the median of each repeat's ratio (the two apps run
@@ -25,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import itertools
 import json
 import os
 import platform
@@ -41,6 +48,7 @@ from pathlib import Path
 import numpy as np
 import requests
 import torch
+from serve_load import closed_loop, grpc_sender, http_sender  # benchmarks/ is on sys.path
 
 import rootstream
 from rootstream import export_onnx
@@ -52,6 +60,15 @@ NUM_INPUTS = 28
 CONNECTIONS = 16
 WORKERS = 2
 TARGET = 0.8  # rootstream-serve / bare app, single-row requests/s
+SMALL, HEAVY, TRIVIAL = (64, 64), (1024, 1024, 1024), ()  # hidden layers of each MLP
+HEAVY_CONNECTIONS = 32
+BATCHING_CONFIG = """\
+max_batch_size: 32
+dynamic_batching { preferred_batch_size: [16] max_queue_delay_microseconds: 200 }
+instance_group [{ count: 1 }]
+"""
+BATCHING_TARGET = {"speedup": 1.8, "of_trivial": 0.8}  # heavy batched / heavy, / trivial
+CLIENT_THREADS = 8  # Python client threads for the gRPC / v2 REST comparison
 
 BARE_APP = """\
 import os
@@ -82,6 +99,7 @@ if length ~= nil and length ~= "" then
   wrk.headers["Inference-Header-Content-Length"] = length
 end
 """
+HEADER = "Inference-Header-Content-Length"
 BATCH = {"row": 1, "rows1024": 1024, "events1024": 1024, "v2bin1": 1, "v2bin1024": 1024}
 
 
@@ -93,17 +111,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def build_model(path: Path) -> None:
-    """A 28-input MLP (28 -> 64 -> 64 -> 1), seed 0, exported with its spec."""
+def build_model(path: Path, hidden: tuple[int, ...] = SMALL) -> None:
+    """A 28-input MLP (28 -> hidden... -> 1, ReLU between), seed 0, exported with its spec."""
     torch.manual_seed(0)
-    model = torch.nn.Sequential(
-        torch.nn.Linear(NUM_INPUTS, 64),
-        torch.nn.ReLU(),
-        torch.nn.Linear(64, 64),
-        torch.nn.ReLU(),
-        torch.nn.Linear(64, 1),
-        torch.nn.Flatten(0),
-    )
+    widths = (NUM_INPUTS, *hidden)
+    layers: list[torch.nn.Module] = []
+    for width_in, width_out in itertools.pairwise(widths):
+        layers += [torch.nn.Linear(width_in, width_out), torch.nn.ReLU()]
+    model = torch.nn.Sequential(*layers, torch.nn.Linear(widths[-1], 1), torch.nn.Flatten(0))
     rng = np.random.default_rng(0)
     spec = Spec(
         tuple(
@@ -204,11 +219,9 @@ def check_v2_answers(url: str, model: Path, body: Path) -> None:
 
     data, length = body.read_bytes(), int(header_length(body))
     x = np.frombuffer(data[length:], dtype="<f4").reshape(-1, NUM_INPUTS)
-    answer = requests.post(
-        url, data=data, headers={"Inference-Header-Content-Length": str(length)}, timeout=30
-    )
+    answer = requests.post(url, data=data, headers={HEADER: str(length)}, timeout=30)
     answer.raise_for_status()
-    json_size = int(answer.headers["Inference-Header-Content-Length"])
+    json_size = int(answer.headers[HEADER])
     (output,) = json.loads(answer.content[:json_size])["outputs"]
     got = np.frombuffer(answer.content[json_size:], dtype="<f4").reshape(output["shape"])
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
@@ -244,13 +257,15 @@ def process(command: list[str], log: Path, env: dict | None = None) -> Iterator[
             proc.wait()
 
 
-def wrk(url: str, body: Path, duration: int, script: Path) -> dict[str, float]:
+def wrk(
+    url: str, body: Path, duration: int, script: Path, connections: int = CONNECTIONS
+) -> dict[str, float]:
     """One wrk run: requests/s, p50/p99 latency (ms), non-2xx answers, socket errors."""
     out = subprocess.run(
         [
             "wrk",
             "-t2",
-            f"-c{CONNECTIONS}",
+            f"-c{connections}",
             f"-d{duration}s",
             "--latency",
             "--timeout",
@@ -308,18 +323,25 @@ def run(args: argparse.Namespace, work: Path) -> None:
     (work / "bare.py").write_text(BARE_APP)
     script = work / "post.lua"
     script.write_text(WRK_SCRIPT)
-    bin_dir = Path(sys.executable).parent
-    serve = [
-        str(bin_dir / "rootstream-serve"),
-        "--models",
-        str(work / "models"),
-        "--port",
-        "0",
-        "--workers",
-        str(WORKERS),
-    ]
+    runs = compare_with_bare(args, work, model, files, script)
+    batching, grpc = compare_batching_and_grpc(args, work, model, files, script)
+    limit = in_process(model, args.repeat)
+    report(args, runs, limit, batching, grpc)
+
+
+def rootstream_serve(models: Path, *options: str) -> list[str]:
+    """The command serving ``models`` with 2 workers on free ports."""
+    executable = Path(sys.executable).parent / "rootstream-serve"
+    command = [str(executable), "--models", str(models), "--port", "0"]
+    return [*command, "--workers", str(WORKERS), *options]
+
+
+def compare_with_bare(
+    args: argparse.Namespace, work: Path, model: Path, files: dict[str, Path], script: Path
+) -> dict[str, list[dict]]:
+    """wrk against rootstream-serve and the bare app, in turns: every run of every case."""
     bare = [
-        str(bin_dir / "gunicorn"),
+        str(Path(sys.executable).parent / "gunicorn"),
         "--workers",
         str(WORKERS),
         "--bind",
@@ -329,7 +351,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
         "bare:app",
     ]
     with (
-        process(serve, work / "serve.log") as ours,
+        process(rootstream_serve(work / "models"), work / "serve.log") as ours,
         process(bare, work / "bare.log", env={"MODEL": str(model)}) as theirs,
     ):
         upload = requests.post(f"{ours}/models/mlp", data=model.read_bytes(), timeout=60)
@@ -352,43 +374,148 @@ def run(args: argparse.Namespace, work: Path) -> None:
             ("v2bin1", "rootstream-v2"),
             ("v2bin1024", "rootstream-v2"),
         ]
-        for body, app in cases:  # warm-up: every worker loads its session
-            wrk(urls[app], files[body], args.warmup, script)
-        runs: dict[str, list[dict]] = {f"{app}/{body}": [] for body, app in cases}
-        for repeat in range(args.repeat):
-            for body, app in cases:
-                result = wrk(urls[app], files[body], args.duration, script)
-                runs[f"{app}/{body}"].append(result)
-                print(
-                    f"[{repeat + 1}/{args.repeat}] {app:13s} {body:10s} "
-                    f"{result['requests_per_s']:9.1f} req/s  p50 {result['p50_ms']:.2f} ms  "
-                    f"p99 {result['p99_ms']:.2f} ms  non-2xx {result['non_2xx']}",
-                    flush=True,
-                )
-    limit = in_process(model, args.repeat)
-    report(args, runs, limit)
+        return measure(
+            args, [(f"{app}/{body}", urls[app], files[body]) for body, app in cases], script
+        )
 
 
-def report(args: argparse.Namespace, runs: dict[str, list[dict]], limit: dict) -> None:
-    def median(case: str, key: str) -> float:
-        return statistics.median(r[key] for r in runs[case])
+def measure(
+    args: argparse.Namespace,
+    cases: list[tuple[str, str, Path]],
+    script: Path,
+    connections: int = CONNECTIONS,
+) -> dict[str, list[dict]]:
+    """wrk on every ``(case, url, body)`` in turns, ``--repeat`` times after a warm-up
+    (every worker loads its session): ``{case: [run, ...]}``."""
+    for _, url, body in cases:
+        wrk(url, body, args.warmup, script, connections)
+    runs: dict[str, list[dict]] = {case: [] for case, _, _ in cases}
+    for repeat in range(args.repeat):
+        for case, url, body in cases:
+            result = wrk(url, body, args.duration, script, connections)
+            runs[case].append(result)
+            _print_run(repeat, args.repeat, case, result)
+    return runs
 
-    summary = {
-        case: {
-            "requests_per_s": median(case, "requests_per_s"),
-            "events_per_s": median(case, "requests_per_s") * BATCH[case.split("/")[1]],
-            "p50_ms": median(case, "p50_ms"),
-            "p99_ms": median(case, "p99_ms"),
-            "non_2xx": sum(r["non_2xx"] for r in runs[case]),
-            "socket_errors": sum(r["socket_errors"] for r in runs[case]),
-        }
-        for case in runs
-    }
-    paired = [  # each repeat runs the two apps back to back: their ratio sees the same load
-        ours["requests_per_s"] / bare["requests_per_s"]
-        for ours, bare in zip(runs["rootstream/row"], runs["bare/row"], strict=True)
-    ]
-    ratio = statistics.median(paired)
+
+def _print_run(repeat: int, repeats: int, case: str, result: dict) -> None:
+    print(
+        f"[{repeat + 1}/{repeats}] {case:32s} {result['requests_per_s']:9.1f} req/s  "
+        f"p50 {result['p50_ms']:.2f} ms  p99 {result['p99_ms']:.2f} ms  "
+        f"failed {_failed(result)}",
+        flush=True,
+    )
+
+
+def store_batching_models(models: Path, small: Path) -> None:
+    """``heavy`` and ``heavy-batched`` (the same heavy MLP, the second with
+    :data:`BATCHING_CONFIG`), ``trivial`` (one Linear layer) and ``mlp`` (the small MLP)."""
+    for name in ("heavy", "trivial", "mlp"):
+        (models / name / "1").mkdir(parents=True)
+    build_model(models / "heavy" / "1" / "model.onnx", HEAVY)
+    build_model(models / "trivial" / "1" / "model.onnx", TRIVIAL)
+    shutil.copy(small, models / "mlp" / "1" / "model.onnx")
+    shutil.copytree(models / "heavy", models / "heavy-batched")
+    (models / "heavy-batched" / "config.pbtxt").write_text(BATCHING_CONFIG)
+
+
+def compare_batching_and_grpc(
+    args: argparse.Namespace, work: Path, model: Path, files: dict[str, Path], script: Path
+) -> tuple[dict, dict[str, list[dict]]]:
+    """On one server with gRPC: the heavy model unbatched and batched and the trivial model
+    under wrk (32 connections, single-row JSON), with the batch sizes the batcher ran;
+    then gRPC against v2 REST binary."""
+    models = work / "batching-models"
+    store_batching_models(models, model)
+    log = work / "serve-batching.log"
+    with process(rootstream_serve(models, "--grpc-port", "0"), log) as url:
+        predict = {name: f"{url}/models/{name}/predict" for name in ("heavy", "heavy-batched")}
+        check_close_answers(predict["heavy"], predict["heavy-batched"], files["row"])
+        cases = [
+            (f"{name}/row", f"{url}/models/{name}/predict", files["row"])
+            for name in ("trivial", "heavy", "heavy-batched")
+        ]
+        batching = measure(args, cases, script, HEAVY_CONNECTIONS)
+        sizes = batch_sizes(url, "heavy-batched")
+        grpc = compare_grpc(args, url, grpc_address(log), model, files)
+    return {"runs": batching, "batch_sizes": sizes}, grpc
+
+
+def batch_sizes(url: str, model: str) -> dict[int, int]:
+    """``{batch size: runs}`` of the model's batcher so far (all workers), from /metrics."""
+    sizes = {}
+    for line in requests.get(f"{url}/metrics", timeout=30).text.splitlines():
+        if line.startswith("rootstream_model_batch_duration_seconds_count{") and (
+            f'model="{model}"' in line
+        ):
+            size = int(re.search(r'batch_size="(\d+)"', line).group(1))
+            sizes[size] = int(float(line.rsplit(" ", 1)[1]))
+    return dict(sorted(sizes.items()))
+
+
+def grpc_address(log: Path) -> str:
+    """The gRPC ``host:port`` a server's "listening on" log line gives."""
+    for line in log.read_text().splitlines():
+        if line.startswith("{") and '"grpc"' in line:
+            return json.loads(line)["grpc"]
+    raise RuntimeError(f"no gRPC address in {log}:\n{log.read_text()}")
+
+
+def compare_grpc(
+    args: argparse.Namespace, url: str, address: str, model: Path, files: dict[str, Path]
+) -> dict[str, list[dict]]:
+    """gRPC (tritonclient.grpc) and the v2 REST binary route, from the same Python client
+    threads, at 1 and 1024 rows, in turns: ``{case: [run, ...]}``."""
+    x = batch_rows()
+    check_grpc_answers(address, model, x)
+    senders = {}
+    for body, rows in (("v2bin1", 1), ("v2bin1024", 1024)):
+        data, headers = files[body].read_bytes(), {HEADER: header_length(files[body])}
+        senders[f"grpc/{body}"] = grpc_sender(address, "mlp", x[:rows])
+        senders[f"rest-v2/{body}"] = http_sender(f"{url}/v2/models/mlp/infer", data, headers)
+    for make in senders.values():
+        closed_loop(make, CLIENT_THREADS, args.warmup)
+    runs: dict[str, list[dict]] = {case: [] for case in senders}
+    for repeat in range(args.repeat):
+        for case, make in senders.items():
+            runs[case].append(closed_loop(make, CLIENT_THREADS, args.duration))
+            _print_run(repeat, args.repeat, case, runs[case][-1])
+    return runs
+
+
+def check_grpc_answers(address: str, model: Path, x: np.ndarray) -> None:
+    """gRPC answers equal onnxruntime run in this process on the same array."""
+    import onnxruntime as ort
+    import tritonclient.grpc as triton
+
+    client = triton.InferenceServerClient(address)
+    tensor = triton.InferInput("x", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)
+    got = client.infer("mlp", [tensor]).as_numpy("output")
+    client.close()
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(got, session.run(None, {"x": x})[0])
+
+
+def check_close_answers(url: str, other: str, body: Path) -> None:
+    """Two predict routes answer the same body alike (a batched run may round differently)."""
+    data, headers = body.read_bytes(), {"Content-Type": "application/json"}
+    first, second = (
+        requests.post(u, data=data, headers=headers, timeout=30).json()["outputs"]
+        for u in (url, other)
+    )
+    np.testing.assert_allclose(first, second, rtol=1e-5, atol=1e-6)
+
+
+def report(
+    args: argparse.Namespace,
+    runs: dict[str, list[dict]],
+    limit: dict,
+    batching: dict,
+    grpc: dict[str, list[dict]],
+) -> None:
+    summary = summarize(runs)
+    ratio, paired = paired_ratio(runs, "rootstream/row", "bare/row")
     non_2xx = sum(s["non_2xx"] for s in summary.values())
     result = {
         "benchmark": "benchmarks/serve.py",
@@ -421,19 +548,13 @@ def report(args: argparse.Namespace, runs: dict[str, list[dict]], limit: dict) -
             body: summary[f"rootstream-v2/{body}"]["events_per_s"] / limit[body]["events_per_s"]
             for body in limit
         },
+        "batching": batching_section(batching),
+        "grpc": grpc_section(grpc),
         "runs": runs,
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "serve.json").write_text(json.dumps(result, indent=1) + "\n")
-    print()
-    print("| app | body | requests/s | events/s | p50 (ms) | p99 (ms) | non-2xx |")
-    print("|---|---|---:|---:|---:|---:|---:|")
-    for case, s in summary.items():
-        app, body = case.split("/")
-        print(
-            f"| {app} | {body} | {s['requests_per_s']:,.0f} | {s['events_per_s']:,.0f} | "
-            f"{s['p50_ms']:.2f} | {s['p99_ms']:.2f} | {s['non_2xx']} |"
-        )
+    print_summary(summary)
     for body, figures in limit.items():
         served = summary[f"rootstream-v2/{body}"]["events_per_s"]
         print(
@@ -443,8 +564,114 @@ def report(args: argparse.Namespace, runs: dict[str, list[dict]], limit: dict) -
         )
     print(
         f"\nsingle row, rootstream-serve / bare app: {ratio:.2f}x (target >= {TARGET}x); "
-        f"non-2xx: {non_2xx}; wrote {RESULTS / 'serve.json'}"
+        f"non-2xx: {non_2xx}"
     )
+    print_summary(result["batching"]["summary"])
+    print(
+        f"\nheavy model, batched / unbatched: {result['batching']['speedup']:.2f}x, "
+        f"batched / trivial: {result['batching']['of_trivial']:.2f}x (targets "
+        f">= {BATCHING_TARGET['speedup']}x, >= {BATCHING_TARGET['of_trivial']}x, p99 no "
+        f"worse); met: {result['batching']['met']}; mean batch size "
+        f"{result['batching']['mean_batch_size']:.1f}"
+    )
+    print_summary(result["grpc"]["summary"])
+    print(f"\ngRPC / v2 REST binary, requests/s: {result['grpc']['grpc_over_rest']}")
+    print(f"wrote {RESULTS / 'serve.json'}")
+
+
+def summarize(runs: dict[str, list[dict]]) -> dict[str, dict]:
+    """Each case's medians (rates, latencies) and sums (failures) over its runs."""
+    summary = {}
+    for case, results in runs.items():
+        rate = statistics.median(r["requests_per_s"] for r in results)
+        summary[case] = {
+            "requests_per_s": rate,
+            "events_per_s": rate * BATCH[case.split("/")[1]],
+            "p50_ms": statistics.median(r["p50_ms"] for r in results),
+            "p99_ms": statistics.median(r["p99_ms"] for r in results),
+            **{
+                key: sum(r[key] for r in results)
+                for key in ("non_2xx", "socket_errors", "errors")
+                if key in results[0]
+            },
+        }
+    return summary
+
+
+def paired_ratio(runs: dict[str, list[dict]], case: str, other: str) -> tuple[float, list[float]]:
+    """The median of each repeat's requests/s ratio ``case / other``, and the ratios: the
+    two ran back to back, under the same load from anything else on the machine."""
+    ratios = [
+        ours["requests_per_s"] / theirs["requests_per_s"]
+        for ours, theirs in zip(runs[case], runs[other], strict=True)
+    ]
+    return statistics.median(ratios), ratios
+
+
+def batching_section(batching: dict) -> dict:
+    runs, sizes = batching["runs"], batching["batch_sizes"]
+    summary = summarize(runs)
+    speedup, speedups = paired_ratio(runs, "heavy-batched/row", "heavy/row")
+    of_trivial, of_trivials = paired_ratio(runs, "heavy-batched/row", "trivial/row")
+    p99_no_worse = summary["heavy-batched/row"]["p99_ms"] <= summary["heavy/row"]["p99_ms"]
+    return {
+        "setup": {
+            "models": {
+                "heavy": f"MLP 28-{'-'.join(map(str, HEAVY))}-1, no config.pbtxt",
+                "heavy-batched": "the same ONNX file, with config.pbtxt",
+                "trivial": "one Linear layer (28-1), no config.pbtxt",
+            },
+            "config_pbtxt": BATCHING_CONFIG,
+            "load_tool": f"wrk -t2 -c{HEAVY_CONNECTIONS}, single-row JSON predict",
+        },
+        "summary": summary,
+        "speedup": speedup,
+        "speedup_per_repeat": speedups,
+        "of_trivial": of_trivial,
+        "of_trivial_per_repeat": of_trivials,
+        "p99_no_worse": p99_no_worse,
+        "batch_sizes": sizes,
+        "mean_batch_size": sum(k * n for k, n in sizes.items()) / max(1, sum(sizes.values())),
+        "target": {**BATCHING_TARGET, "p99_no_worse": True},
+        "met": speedup >= BATCHING_TARGET["speedup"]
+        and of_trivial >= BATCHING_TARGET["of_trivial"]
+        and p99_no_worse,
+        "runs": runs,
+    }
+
+
+def grpc_section(runs: dict[str, list[dict]]) -> dict:
+    return {
+        "setup": {
+            "model": "MLP 28-64-64-1, as above",
+            "load_tool": f"{CLIENT_THREADS} Python client threads (benchmarks/serve_load.py): "
+            "tritonclient.grpc, requests posting tritonclient.http's binary body",
+        },
+        "summary": summarize(runs),
+        "grpc_over_rest": {
+            body: paired_ratio(runs, f"grpc/{body}", f"rest-v2/{body}")[0]
+            for body in ("v2bin1", "v2bin1024")
+        },
+        "runs": runs,
+    }
+
+
+def _failed(figures: dict) -> int:
+    """Requests answered with an error: non-2xx over HTTP (wrk), errors (Python clients)."""
+    return figures.get("non_2xx", 0) + figures.get("errors", 0)
+
+
+def print_summary(summary: dict[str, dict]) -> None:
+    print()
+    print("| app | body | requests/s | events/s | p50 (ms) | p99 (ms) | failed |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for case, s in summary.items():
+        app, body = case.split("/")
+        failed = _failed(s)
+        print(
+            f"| {app} | {body} | {s['requests_per_s']:,.0f} | {s['events_per_s']:,.0f} | "
+            f"{s['p50_ms']:.2f} | {s['p99_ms']:.2f} | {failed} |"
+        )
 
 
 def _commit() -> str | None:

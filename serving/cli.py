@@ -2,7 +2,9 @@
 
 With ``--workers 1`` a threaded werkzeug server runs the app; with more, gunicorn (its
 Python API) forks the workers first and each creates its own app and onnxruntime
-sessions, with the machine's CPUs shared among them for intra-op threads.
+sessions, with the machine's CPUs shared among them for intra-op threads. The workers
+are threaded (``gthread``, ``--threads`` requests at once), so that a model's dynamic
+batcher in each worker sees concurrent requests; ``--threads 1`` runs sync workers.
 
 With ``--grpc-port``, every one of these processes also runs a gRPC server
 (:mod:`serving.grpcserver`) on that port, on top of the same app: the main process
@@ -29,6 +31,7 @@ __all__ = ["main"]
 
 log = logging.getLogger("serving.cli")
 GRPC_GRACE_SECONDS = 5.0  # in-flight RPCs may finish within this when the server stops
+HTTP_THREADS = 16  # requests one gunicorn worker answers at once, by default
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,6 +45,13 @@ def _parser() -> argparse.ArgumentParser:
         "--grpc-port", type=int, default=None, help="also serve gRPC on this port (0: any free)"
     )
     parser.add_argument("--workers", type=int, default=1, help="processes; >1 runs gunicorn")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=HTTP_THREADS,
+        help="requests each gunicorn worker answers at once (1: sync workers, the lowest "
+        "tail latency when no model batches dynamically)",
+    )
     parser.add_argument(
         "--token",
         default=os.environ.get("ROOTSTREAM_SERVE_TOKEN"),
@@ -59,9 +69,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.workers < 1:
-        print("rootstream-serve: error: --workers must be at least 1", file=sys.stderr)
-        return 2
+    for option in ("workers", "threads"):
+        if getattr(args, option) < 1:
+            print(f"rootstream-serve: error: --{option} must be at least 1", file=sys.stderr)
+            return 2
     metrics_dir = None
     if args.workers > 1:  # before prometheus-client is imported: it reads this on import
         metrics_dir = tempfile.mkdtemp(prefix="rootstream-metrics-")
@@ -84,7 +95,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     grpc_address = None if reservation is None else _address(args.host, reservation)
     try:
         if args.workers > 1:
-            _serve_gunicorn(config, args.host, args.port, args.workers, grpc_address)
+            _serve_gunicorn(
+                config, args.host, args.port, (args.workers, args.threads), grpc_address
+            )
         else:
             _serve_werkzeug(config, args.host, args.port, grpc_address)
     finally:
@@ -164,8 +177,10 @@ def _start_grpc(app: Any, address: str) -> Any:
 
 
 def _serve_gunicorn(
-    config: Any, host: str, port: int, workers: int, grpc_address: str | None
+    config: Any, host: str, port: int, concurrency: tuple[int, int], grpc_address: str | None
 ) -> None:
+    """Serve with gunicorn: ``concurrency`` is (worker processes, threads per worker)."""
+    workers, threads = concurrency
     from gunicorn.app.base import BaseApplication
     from prometheus_client import multiprocess
 
@@ -186,7 +201,9 @@ def _serve_gunicorn(
     options = {
         "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
         "workers": workers,
-        "worker_class": "sync",
+        # concurrent requests in a worker, so that its batchers can merge them
+        "worker_class": "gthread" if threads > 1 else "sync",
+        "threads": threads,
         "timeout": 120,
         "graceful_timeout": 10,
         "loglevel": "warning",

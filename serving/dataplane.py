@@ -3,8 +3,8 @@
 Routes (:mod:`serving.app`, :mod:`serving.v2`) and RPCs (:mod:`serving.grpcserver`) parse
 requests and call these methods; the methods use the store (files), the model cache
 (onnxruntime) and the metrics. Every inference, of every protocol, runs through
-:meth:`DataPlane._run`: the model's configuration is applied there, and each request is
-counted per model version there.
+:meth:`DataPlane._run`: the model's configuration is applied there (its size limit, its
+dynamic batcher), and each request is counted per model version there.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from serving.batcher import BatchSettings
 from serving.datatypes import jsonable
 from serving.errors import (
     BadRequestError,
@@ -28,7 +29,7 @@ from serving.errors import (
     ModelUnavailableError,
 )
 from serving.metrics import Metrics, ModelStatistics
-from serving.modelconfig import PLATFORM
+from serving.modelconfig import PLATFORM, batch_settings
 from serving.runtime import Model, ModelCache
 from serving.store import ModelStore
 
@@ -213,6 +214,9 @@ class DataPlane:
     ) -> dict[str, np.ndarray]:
         """Check and run one request, counted in the model version's statistics.
 
+        A request is checked whole before it runs: with a ``dynamic_batching``
+        configuration, it then joins the model's batcher.
+
         Args:
             model: the model version.
             feeds_of: makes the checked input arrays (raising BadRequestError).
@@ -222,21 +226,59 @@ class DataPlane:
         try:
             feeds = feeds_of()
             rows = _rows(feeds)
-            self._check_rows(model, rows)
-            arrays = model.run(feeds, outputs)
+            settings = batch_settings(self._check_rows(model, rows))
+            names = model.output_names(outputs)
+            if settings is None:
+                arrays = self._execute(model, feeds, names, batched=False)
+            else:
+                arrays = self._batched(model, settings, feeds, names)
         except BadRequestError:
             self.metrics.observe_inference(model.name, model.version, _since(start), None)
             raise
         self.metrics.observe_inference(model.name, model.version, _since(start), rows)
         return arrays
 
-    def _check_rows(self, model: Model, rows: int) -> None:
+    def _batched(
+        self,
+        model: Model,
+        settings: BatchSettings,
+        feeds: Mapping[str, np.ndarray],
+        names: list[str],
+    ) -> dict[str, np.ndarray]:
+        """Run checked feeds in the model's batcher: the outputs ``names``."""
+        batcher = model.batcher(
+            settings, lambda batch: self._execute(model, batch, None, batched=True)
+        )
+        arrays, queued = batcher.infer(feeds)
+        self.metrics.observe_queue(model.name, model.version, queued)
+        return {name: arrays[name] for name in names}
+
+    def _execute(
+        self,
+        model: Model,
+        feeds: Mapping[str, np.ndarray],
+        names: list[str] | None,
+        *,
+        batched: bool,
+    ) -> dict[str, np.ndarray]:
+        """One onnxruntime run, counted as an execution (by batch size when ``batched``)."""
+        start = time.perf_counter()
+        arrays = model.run(feeds, names)
+        self.metrics.observe_execution(
+            model.name, model.version, _rows(feeds), _since(start), batched
+        )
+        return arrays
+
+    def _check_rows(self, model: Model, rows: int) -> ModelConfig:
+        """The model's configuration, once the request's rows are within its stored
+        ``max_batch_size``."""
         config, stored = self._configuration(model)
         if stored and 0 < config.max_batch_size < rows:
             raise BadRequestError(
                 f"the request holds {rows} rows; model {model.name!r} takes at most "
                 f"max_batch_size {config.max_batch_size} per request (its config.pbtxt)"
             )
+        return config
 
 
 def _rows(feeds: Mapping[str, np.ndarray]) -> int:

@@ -173,7 +173,8 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
     def ModelStatistics(
         self, request: pb.ModelStatisticsRequest, context: Any
     ) -> pb.ModelStatisticsResponse:
-        """Per model version: requests that succeeded and failed (count, time) and rows."""
+        """Per model version: requests that succeeded and failed (count, time), rows, model
+        runs, and for a batched model its requests' queue time and runs by batch size."""
         entries = self.plane.statistics(request.name or None, _version(request.version))
         return pb.ModelStatisticsResponse(
             model_stats=[_statistics(name, version, counts) for name, version, counts in entries]
@@ -241,8 +242,14 @@ def _statistics(name: str, version: int, counts: ModelStatistics) -> pb.ModelSta
         name=name,
         version=str(version),
         inference_count=counts.rows,
-        execution_count=counts.success.count,
+        execution_count=counts.executions,
         inference_stats=pb.InferStatistics(
-            success=duration(counts.success), fail=duration(counts.failure)
+            success=duration(counts.success),
+            fail=duration(counts.failure),
+            queue=duration(counts.queue),
         ),
+        batch_stats=[
+            pb.InferBatchStatistics(batch_size=size, compute_infer=duration(tally))
+            for size, tally in sorted(counts.batches.items())
+        ],
     )

@@ -1,5 +1,6 @@
 """Prometheus metrics of the server: requests, latency, errors by status, models loaded, and
-each model version's requests (succeeded, failed, their time) and rows.
+each model version's requests (succeeded, failed, their time), rows, model runs, batch
+sizes and queue time.
 
 Each app has its own registry (no module-level state). Under gunicorn the CLI sets
 ``PROMETHEUS_MULTIPROC_DIR`` before prometheus-client is imported, every worker writes
@@ -19,6 +20,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    Summary,
     generate_latest,
 )
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -29,6 +31,9 @@ MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
 MODEL_DURATION = "rootstream_model_request_duration_seconds"
 MODEL_ROWS = "rootstream_model_inferences"
+MODEL_EXECUTIONS = "rootstream_model_executions"
+MODEL_QUEUE = "rootstream_model_queue_duration_seconds"
+MODEL_BATCHES = "rootstream_model_batch_duration_seconds"
 
 
 @dataclass
@@ -45,12 +50,17 @@ class ModelStatistics:
 
     A request that reached the model (its name and version resolved) succeeded, or failed
     on a shape, dtype or value the model does not take; ``rows`` (events) counts the
-    successful ones' rows.
+    successful ones' rows. ``executions`` counts onnxruntime runs (a batch of requests is
+    one); ``queue`` the time the batched requests waited in the batcher, and ``batches``
+    the batcher's runs and their time by batch size (rows).
     """
 
     success: Tally = field(default_factory=Tally)
     failure: Tally = field(default_factory=Tally)
     rows: int = 0
+    executions: int = 0
+    queue: Tally = field(default_factory=Tally)
+    batches: dict[int, Tally] = field(default_factory=dict)
 
 
 class Metrics:
@@ -103,7 +113,27 @@ class Metrics:
             ["model", "version"],
             registry=values,
         )
+        self.model_executions = Counter(
+            MODEL_EXECUTIONS,
+            "Model runs (onnxruntime calls), by model and version; a batch is one run",
+            ["model", "version"],
+            registry=values,
+        )
+        self.model_queue = Histogram(
+            MODEL_QUEUE,
+            "Time batched requests waited in the batcher, by model and version",
+            ["model", "version"],
+            buckets=LATENCY_BUCKETS,
+            registry=values,
+        )
+        self.model_batches = Summary(
+            MODEL_BATCHES,
+            "The batcher's model runs and their time, by model, version and batch size (rows)",
+            ["model", "version", "batch_size"],
+            registry=values,
+        )
         self._model_children: dict[tuple[str, int, bool], tuple[Any, Any]] = {}
+        self._labelled: dict[tuple[int, tuple[str, ...]], Any] = {}
 
     def observe(
         self, method: str, route: str, code: int, seconds: float, models_loaded: int
@@ -144,25 +174,63 @@ class Metrics:
         if rows is not None:
             counted_rows.inc(rows)
 
+    def observe_execution(
+        self, model: str, version: int, rows: int, seconds: float, batched: bool
+    ) -> None:
+        """Record one model run of ``rows`` rows; a batcher's (``batched``) also by size."""
+        self._child(self.model_executions, model, str(version)).inc()
+        if batched:
+            self._child(self.model_batches, model, str(version), str(rows)).observe(seconds)
+
+    def observe_queue(self, model: str, version: int, seconds: float) -> None:
+        """Record the time one request waited in the model's batcher."""
+        self._child(self.model_queue, model, str(version)).observe(seconds)
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """The metric's child for these label values, resolved once."""
+        key = (id(metric), labels)
+        child = self._labelled.get(key)
+        if child is None:
+            child = self._labelled[key] = metric.labels(*labels)
+        return child
+
     def model_statistics(self) -> dict[tuple[str, int], ModelStatistics]:
         """Every model version's statistics, keyed by (name, version), from the counters."""
         statistics: dict[tuple[str, int], ModelStatistics] = {}
         for family in self.registry.collect():
-            if family.name not in (MODEL_DURATION, MODEL_ROWS):
+            if family.name not in _MODEL_FAMILIES:
                 continue
             for sample in family.samples:
                 key = (sample.labels["model"], int(sample.labels["version"]))
-                entry = statistics.setdefault(key, ModelStatistics())
-                if sample.name == f"{MODEL_ROWS}_total":
-                    entry.rows = int(sample.value)
-                    continue
-                tally = getattr(entry, sample.labels["outcome"])
-                if sample.name == f"{MODEL_DURATION}_count":
-                    tally.count = int(sample.value)
-                elif sample.name == f"{MODEL_DURATION}_sum":
-                    tally.seconds = sample.value
+                _count(statistics.setdefault(key, ModelStatistics()), sample)
         return statistics
 
     def exposition(self) -> tuple[bytes, str]:
         """The text format body and its content type."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+_MODEL_FAMILIES = (MODEL_DURATION, MODEL_ROWS, MODEL_EXECUTIONS, MODEL_QUEUE, MODEL_BATCHES)
+
+
+def _count(entry: ModelStatistics, sample: Any) -> None:
+    """Add one sample of a model family to the model version's statistics."""
+    if sample.name == f"{MODEL_ROWS}_total":
+        entry.rows = int(sample.value)
+    elif sample.name == f"{MODEL_EXECUTIONS}_total":
+        entry.executions = int(sample.value)
+    elif sample.name.startswith(MODEL_DURATION):
+        _add(getattr(entry, sample.labels["outcome"]), sample, MODEL_DURATION)
+    elif sample.name.startswith(MODEL_QUEUE):
+        _add(entry.queue, sample, MODEL_QUEUE)
+    elif sample.name.startswith(MODEL_BATCHES):
+        size = int(sample.labels["batch_size"])
+        _add(entry.batches.setdefault(size, Tally()), sample, MODEL_BATCHES)
+
+
+def _add(tally: Tally, sample: Any, family: str) -> None:
+    """A ``<family>_count`` or ``_sum`` sample into its tally (buckets are skipped)."""
+    if sample.name == f"{family}_count":
+        tally.count = int(sample.value)
+    elif sample.name == f"{family}_sum":
+        tally.seconds = sample.value

@@ -19,6 +19,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from tritonclient.grpc import model_config_pb2 as pb
 
+from serving.batcher import BatchSettings
 from serving.datatypes import ONNX_DATATYPES
 from serving.errors import InvalidConfigError
 
@@ -29,6 +30,7 @@ __all__ = [
     "BACKEND",
     "DERIVED_MAX_BATCH_SIZE",
     "PLATFORM",
+    "batch_settings",
     "complete_config",
     "config_as_dict",
     "config_as_text",
@@ -176,6 +178,22 @@ def complete_config(
     for group in done.instance_group:
         group.count, group.kind = group.count or 1, pb.ModelInstanceGroup.KIND_CPU
     return done
+
+
+def batch_settings(config: pb.ModelConfig) -> BatchSettings | None:
+    """How a completed configuration batches requests; None without ``dynamic_batching``.
+
+    Each instance of every ``instance_group`` runs one batch at a time.
+    """
+    if not config.HasField("dynamic_batching"):
+        return None
+    batching = config.dynamic_batching
+    return BatchSettings(
+        max_batch_size=config.max_batch_size,
+        preferred_batch_size=tuple(batching.preferred_batch_size),
+        max_queue_delay=batching.max_queue_delay_microseconds / 1e6,
+        instances=sum(group.count for group in config.instance_group) or 1,
+    )
 
 
 def _check_supported(message: Message, source: str, path: str = "") -> None:

@@ -1,6 +1,7 @@
 """onnxruntime sessions: load a model, turn request values into checked arrays, run it.
 
-No Flask here. A :class:`Model` is one loaded version of a stored model; the
+No Flask here. A :class:`Model` is one loaded version of a stored model (with its
+:class:`~serving.batcher.Batcher` when its configuration batches); the
 :class:`ModelCache` keeps the models this process has loaded. Raw events go through
 :func:`rootstream.preprocess.columns_from_events` and :func:`rootstream.preprocess.assemble`,
 the very functions the training dataset uses.
@@ -23,6 +24,7 @@ from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 from rootstream.errors import InvalidEventError
 from rootstream.metadata import ModelSpec
 from rootstream.preprocess import assemble, columns_from_events
+from serving.batcher import Batcher, BatchSettings, Run
 from serving.datatypes import ONNX_DATATYPES, ONNX_DTYPES
 from serving.errors import BadRequestError, InvalidModelError
 from serving.modelconfig import complete_config, derive_config, read_config
@@ -96,7 +98,8 @@ def signature(path: Path) -> tuple[list[TensorInfo], list[TensorInfo]]:
 
 
 class Model:
-    """One loaded model version: its onnxruntime session, signature and rootstream spec.
+    """One loaded model version: its onnxruntime session, signature, rootstream spec and,
+    once a batched request came, its dynamic batcher.
 
     Args:
         model_file: the stored version.
@@ -112,6 +115,8 @@ class Model:
         self.spec: ModelSpec | None = ModelSpec.from_metadata(metadata)
         self._output_names = [o.name for o in self.outputs]
         self._config: tuple[tuple | None, ModelConfig] | None = None  # (file identity, config)
+        self._batcher: Batcher | None = None
+        self._batcher_lock = threading.Lock()
 
     def config(self, stored: ConfigFile | None) -> ModelConfig:
         """The model's configuration: the stored file checked and completed, else derived.
@@ -259,21 +264,44 @@ class Model:
         if len(set(rows.values())) > 1:
             raise BadRequestError(f"the inputs have different numbers of rows: {rows}")
 
-    def run(
-        self, feeds: Mapping[str, np.ndarray], outputs: list[str] | None = None
-    ) -> dict[str, np.ndarray]:
-        """Run the session: ``{output name: array}`` for ``outputs`` (default: all)."""
-        names = self._output_names if outputs is None else outputs
-        unknown = [n for n in names if n not in self._output_names]
+    def output_names(self, outputs: list[str] | None = None) -> list[str]:
+        """The outputs to answer: ``outputs`` checked, or all of the model's (None)."""
+        if outputs is None:
+            return self._output_names
+        unknown = [n for n in outputs if n not in self._output_names]
         if unknown:
             raise BadRequestError(
                 f"model {self.name!r} has no outputs {unknown} (it has {self._output_names})"
             )
+        return outputs
+
+    def run(
+        self, feeds: Mapping[str, np.ndarray], outputs: list[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Run the session: ``{output name: array}`` for ``outputs`` (default: all)."""
+        names = self.output_names(outputs)
         try:
             arrays = self.session.run(names, dict(feeds))
         except InvalidArgument as err:
             raise BadRequestError(f"model {self.name!r} rejects the inputs: {err}") from None
         return dict(zip(names, arrays, strict=True))
+
+    def batcher(self, settings: BatchSettings, run: Run) -> Batcher:
+        """This version's dynamic batcher, made on first use and again when ``settings``
+        change (its configuration was edited); ``run`` runs a merged batch."""
+        with self._batcher_lock:
+            current = self._batcher
+            if current is None or current.settings != settings:
+                if current is not None:
+                    current.close()
+                self._batcher = Batcher(run, settings, name=f"{self.name}-{self.version}")
+            return self._batcher
+
+    def close(self) -> None:
+        """Stop the batcher's threads (once the requests it holds are answered)."""
+        with self._batcher_lock:
+            if self._batcher is not None:
+                self._batcher.close()
 
 
 def _kind_name(kind: str) -> str:
@@ -284,28 +312,39 @@ class ModelCache:
     """The models this process has loaded, least recently used dropped beyond ``capacity``.
 
     Keys hold the file identity, so a replaced or deleted-and-reuploaded version is loaded
-    afresh. Thread-safe; onnxruntime sessions themselves are safe to run concurrently.
+    afresh; a dropped model's batcher is closed. Thread-safe; onnxruntime sessions
+    themselves are safe to run concurrently.
     """
 
     def __init__(self, *, threads: int, capacity: int = 16) -> None:
         self.threads, self.capacity = threads, capacity
         self._lock = threading.Lock()
+        self._loading = threading.Lock()  # held while a model loads (slow): not self._lock
         self._models: OrderedDict[tuple, Model] = OrderedDict()
 
-    def get(self, model_file: ModelFile) -> Model:
-        key = (model_file.name, model_file.version, model_file.identity)
+    def _cached(self, key: tuple) -> Model | None:
         with self._lock:
             model = self._models.get(key)
             if model is not None:
                 self._models.move_to_end(key)
+            return model
+
+    def get(self, model_file: ModelFile) -> Model:
+        key = (model_file.name, model_file.version, model_file.identity)
+        model = self._cached(key)
+        if model is not None:
+            return model
+        with self._loading:  # one load at a time: a burst of first requests loads it once
+            model = self._cached(key)
+            if model is not None:
                 return model
-        model = Model(model_file, threads=self.threads)  # outside the lock: loading is slow
-        with self._lock:
-            for old in [k for k in self._models if k[:2] == key[:2] and k != key]:
-                del self._models[old]
-            self._models[key] = model
-            while len(self._models) > self.capacity:
-                self._models.popitem(last=False)
+            model = Model(model_file, threads=self.threads)
+            with self._lock:
+                for old in [k for k in self._models if k[:2] == key[:2]]:
+                    self._models.pop(old).close()
+                self._models[key] = model
+                while len(self._models) > self.capacity:
+                    self._models.popitem(last=False)[1].close()
         return model
 
     def forget(self, name: str, versions: list[int] | None = None) -> None:
@@ -313,7 +352,7 @@ class ModelCache:
         with self._lock:
             for key in [k for k in self._models if k[0] == name]:
                 if versions is None or key[1] in versions:
-                    del self._models[key]
+                    self._models.pop(key).close()
 
     def __len__(self) -> int:
         return len(self._models)

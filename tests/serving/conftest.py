@@ -155,6 +155,16 @@ def bare_onnx(mlp, tmp_path_factory) -> Path:
     return path
 
 
+def save_graph(graph: onnx.GraphProto, path: Path) -> Path:
+    """Write a hand-built graph as a checked ONNX model (opset 17) at ``path``."""
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
 def store_models(models: Path, versions: list[tuple[str, int, Path]]) -> Path:
     """Copy ONNX files into a model store: ``(name, version, source)`` each."""
     for name, version, source in versions:

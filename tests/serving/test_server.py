@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import subprocess
+import sys
 import threading
 from urllib.parse import urlsplit
 
@@ -17,7 +19,7 @@ import onnxruntime as ort
 import pytest
 import requests
 
-from tests.serving.conftest import FEATURES, predict, upload
+from tests.serving.conftest import FEATURES, predict, running_server, upload
 
 ATOL = 1e-5  # export verification tolerance (docs/serving.md); JSON keeps float32 exact
 
@@ -344,3 +346,31 @@ def test_columns_named_in_listing_match_the_dataset(served, flat_dataset):
     assert names == ["MET_px", "MET_py", *(f for f in FEATURES if f.startswith("Jet"))]
     assert detail["spec"]["num_columns"] == len(flat_dataset.feature_names)
     assert requests.get(f"{served.url}/models/bare", timeout=10).json()["spec"] is None
+
+
+def test_sync_workers_answer_concurrent_requests(tmp_path, mlp):
+    models = tmp_path / "models"
+    args = ("--workers", "2", "--threads", "1")
+    with running_server(models, tmp_path / "server.log", *args) as server:
+        assert upload(server, "m", mlp.path).status_code == 201
+        answers: list[requests.Response] = []
+
+        def client() -> None:
+            answers.append(predict(server, "m", {"inputs": mlp.batch["x"].tolist()}))
+
+        threads = [threading.Thread(target=client) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert [a.status_code for a in answers] == [200] * 4
+    for answer in answers:
+        np.testing.assert_allclose(answer.json()["outputs"], mlp.expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("option", ["--workers", "--threads"])
+def test_fewer_than_one_worker_or_thread_is_refused(tmp_path, option):
+    command = [sys.executable, "-m", "serving.cli", "--models", str(tmp_path), option, "0"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert f"{option} must be at least 1" in done.stderr

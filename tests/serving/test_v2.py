@@ -10,7 +10,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 import requests
@@ -20,7 +19,7 @@ from tritonclient.utils import InferenceServerException
 
 from serving.datatypes import DATATYPES
 from serving.modelconfig import DERIVED_MAX_BATCH_SIZE
-from tests.serving.conftest import running_server, store_models
+from tests.serving.conftest import running_server, save_graph, store_models
 
 TOKEN = "v2-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -58,12 +57,7 @@ def identity_model(path: Path, datatypes: list[str] | None = None) -> Path:
         else:
             nodes.append(helper.make_node("Add", [src, src], [dst]))
     graph = helper.make_graph(nodes, "datatypes", inputs, outputs)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9
-    onnx.checker.check_model(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
-    return path
+    return save_graph(graph, path)
 
 
 def sample(datatype: str, rows: int = 4) -> np.ndarray:
