@@ -219,6 +219,36 @@ def serve_section() -> dict[str, str]:
         ),
         "serve_plot": plot,
         "serve_ratio": f"{data['ratio_single_row']:.2f}x",
+        **batching_and_grpc(data),
+    }
+
+
+def latency_rows(summary: dict[str, dict]) -> list[list[str]]:
+    """A row per case of a summary: requests/s, events/s, p50 and p99."""
+    columns = ("requests_per_s", "events_per_s", "p50_ms", "p99_ms")
+    formats = (",.0f", ",.0f", ".2f", ".2f")
+    return [
+        [case, *(format(s[c], f) for c, f in zip(columns, formats, strict=True))]
+        for case, s in summary.items()
+    ]
+
+
+def batching_and_grpc(data: dict) -> dict[str, str]:
+    """The dynamic-batching and gRPC tables of the serving benchmark, and their ratios."""
+    batching, grpc = data["batching"], data["grpc"]
+    header = ["case", "requests/s", "events/s", "p50 ms", "p99 ms"]
+    requests = {c: s["requests_per_s"] for c, s in grpc["summary"].items()}
+    return {
+        "batching_table": table(header, latency_rows(batching["summary"])),
+        "batching_speedup": f"{batching['speedup']:.2f}x",
+        "batching_of_trivial": f"{batching['of_trivial']:.2f}x",
+        "batching_p99_no_worse": "yes" if batching["p99_no_worse"] else "no",
+        "batching_mean_size": f"{batching['mean_batch_size']:.1f}",
+        "grpc_table": table(header, latency_rows(grpc["summary"])),
+        "grpc_over_rest": ", ".join(
+            f"{requests[f'grpc/{body}'] / requests[f'rest-v2/{body}']:.2f}x ({body})"
+            for body in ("v2bin1", "v2bin1024")
+        ),
     }
 
 

@@ -428,7 +428,7 @@ def compare_batching_and_grpc(
     models = work / "batching-models"
     store_batching_models(models, model)
     log = work / "serve-batching.log"
-    with process(rootstream_serve(models, "--grpc-port", "0"), log) as url:
+    with process(rootstream_serve(models, "--threads", "16", "--grpc-port", "0"), log) as url:
         predict = {name: f"{url}/models/{name}/predict" for name in ("heavy", "heavy-batched")}
         check_close_answers(predict["heavy"], predict["heavy-batched"], files["row"])
         cases = [

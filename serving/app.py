@@ -60,7 +60,8 @@ def create_app(config: ServerConfig | Mapping[str, Any] | str | os.PathLike) -> 
     store = ModelStore(config.models, max_bytes=config.max_upload_bytes)
     cache = ModelCache(threads=config.threads or available_cpus(), capacity=config.max_models)
     metrics = Metrics()
-    services = Services(config, DataPlane(store, cache, metrics), Repository(store, cache), metrics)
+    plane = DataPlane(store, cache, metrics, serial=config.serial)
+    services = Services(config, plane, Repository(store, cache), metrics)
     app.extensions["rootstream"] = services
     app.wsgi_app = _Observed(app.wsgi_app, services)  # type: ignore[method-assign]
     app.register_blueprint(management)

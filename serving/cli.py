@@ -3,8 +3,8 @@
 With ``--workers 1`` a threaded werkzeug server runs the app; with more, gunicorn (its
 Python API) forks the workers first and each creates its own app and onnxruntime
 sessions, with the machine's CPUs shared among them for intra-op threads. The workers
-are threaded (``gthread``, ``--threads`` requests at once), so that a model's dynamic
-batcher in each worker sees concurrent requests; ``--threads 1`` runs sync workers.
+are sync (one request at a time), or threaded (``gthread``) with ``--threads`` above 1,
+so that a model's dynamic batcher in each worker sees concurrent requests.
 
 With ``--grpc-port``, every one of these processes also runs a gRPC server
 (:mod:`serving.grpcserver`) on that port, on top of the same app: the main process
@@ -31,7 +31,7 @@ __all__ = ["main"]
 
 log = logging.getLogger("serving.cli")
 GRPC_GRACE_SECONDS = 5.0  # in-flight RPCs may finish within this when the server stops
-HTTP_THREADS = 16  # requests one gunicorn worker answers at once, by default
+BATCHING_THREADS = 16  # suggested --threads for dynamic batching
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -48,9 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--threads",
         type=int,
-        default=HTTP_THREADS,
-        help="requests each gunicorn worker answers at once (1: sync workers, the lowest "
-        "tail latency when no model batches dynamically)",
+        default=1,
+        help="requests each gunicorn worker answers at once: 1 (sync workers, the lowest "
+        f"latency) unless models batch dynamically (then e.g. {BATCHING_THREADS})",
     )
     parser.add_argument(
         "--token",
@@ -89,6 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         threads=max(1, available_cpus() // args.workers),
         max_upload_bytes=int(args.max_upload_mb * 2**20),
         max_request_bytes=int(args.max_request_mb * 2**20),
+        serial=args.workers > 1 and args.threads == 1,  # gunicorn sync workers
     )
     ModelStore(config.models).clean()
     reservation = None if args.grpc_port is None else _reserve_port(args.host, args.grpc_port)

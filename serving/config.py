@@ -37,6 +37,8 @@ class ServerConfig:
         max_upload_bytes: the largest ONNX upload.
         max_request_bytes: the largest predict body.
         max_models: loaded model versions kept per process (least recently used dropped).
+        serial: each process answers one request at a time (gunicorn's sync workers): no two
+            requests can meet in a batch, so dynamic batching is skipped (with a warning).
     """
 
     models: Path
@@ -45,6 +47,7 @@ class ServerConfig:
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     max_models: int = 16
+    serial: bool = False
 
     @classmethod
     def of(cls, config: ServerConfig | Mapping[str, Any] | str | os.PathLike) -> ServerConfig:

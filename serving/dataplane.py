@@ -9,7 +9,9 @@ dynamic batcher), and each request is counted per model version there.
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -38,6 +40,8 @@ if TYPE_CHECKING:
 
 __all__ = ["DataPlane"]
 
+log = logging.getLogger("serving.dataplane")
+
 SERVER_NAME = "rootstream"
 
 PREDICT_FIELDS = ("inputs", "events")
@@ -50,10 +54,14 @@ class DataPlane:
         store: the model repository.
         cache: this process's loaded models.
         metrics: where each model version's requests are counted.
+        serial: this process answers one request at a time: models run unbatched.
     """
 
-    def __init__(self, store: ModelStore, cache: ModelCache, metrics: Metrics) -> None:
+    def __init__(
+        self, store: ModelStore, cache: ModelCache, metrics: Metrics, *, serial: bool = False
+    ) -> None:
         self.store, self.cache, self.metrics = store, cache, metrics
+        self.serial = serial
 
     def model(self, name: str, version: int | None = None) -> Model:
         """The loaded model version (the latest when ``version`` is None)."""
@@ -226,7 +234,7 @@ class DataPlane:
         try:
             feeds = feeds_of()
             rows = _rows(feeds)
-            settings = batch_settings(self._check_rows(model, rows))
+            settings = self._batching(model, batch_settings(self._check_rows(model, rows)))
             names = model.output_names(outputs)
             if settings is None:
                 arrays = self._execute(model, feeds, names, batched=False)
@@ -237,6 +245,13 @@ class DataPlane:
             raise
         self.metrics.observe_inference(model.name, model.version, _since(start), rows)
         return arrays
+
+    def _batching(self, model: Model, settings: BatchSettings | None) -> BatchSettings | None:
+        """The model's batch settings, or None where requests run one at a time."""
+        if settings is not None and self.serial:
+            _say_batching_skipped(model.name)
+            return None
+        return settings
 
     def _batched(
         self,
@@ -288,3 +303,12 @@ def _rows(feeds: Mapping[str, np.ndarray]) -> int:
 
 def _since(start: float) -> float:
     return time.perf_counter() - start
+
+
+@functools.cache
+def _say_batching_skipped(name: str) -> None:
+    log.warning(
+        "model %r asks for dynamic batching, but this server's workers answer one request "
+        "at a time (--threads 1): it runs unbatched; start rootstream-serve with --threads 16",
+        name,
+    )

@@ -60,7 +60,7 @@ def served(request, tmp_path_factory, mlp):
     gather_model(models / "gather" / "1" / "model.onnx")
     for name, text in CONFIGS.items():
         (models / name / "config.pbtxt").write_text(text)
-    args = ("--workers", request.param, "--grpc-port", "0")
+    args = ("--workers", request.param, "--threads", "16", "--grpc-port", "0")
     with running_server(models, root / "server.log", *args) as s:
         yield s
 
@@ -264,3 +264,21 @@ def test_coffea_triton_wrapper_batches(served, mlp):
     expected = in_process(mlp.path, {"x": x})["output"]
     np.testing.assert_allclose(ak.to_numpy(scores), expected, rtol=1e-5, atol=1e-6)
     assert wrapper.batch_size == MAX_BATCH_SIZE
+
+
+def test_sync_workers_run_batching_models_unbatched_and_say_so(tmp_path, mlp):
+    models = store_models(tmp_path / "models", [("batched", 1, mlp.path)])
+    (models / "batched" / "config.pbtxt").write_text(CONFIGS["batched"])
+    args = ("--workers", "2", "--grpc-port", "0")  # --threads 1 (the default): sync workers
+    with running_server(models, tmp_path / "server.log", *args) as sync:
+        x = rows_of(mlp, 12)
+        answers = concurrently(
+            [(lambda i=i: via_predict(sync, "batched", "x", x[i : i + 1])) for i in range(12)]
+        )
+        statistics = grpc_statistics(sync, "batched")
+        log = sync.log.read_text()
+    for i, answer in enumerate(answers):
+        expected = in_process(mlp.path, {"x": x[i : i + 1]})["output"]
+        np.testing.assert_allclose(answer, expected, rtol=1e-5, atol=1e-6)
+    assert statistics.execution_count == statistics.inference_count == 12  # one run each
+    assert 1 <= log.count("asks for dynamic batching") <= 2  # once per worker that ran it
