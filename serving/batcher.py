@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["BatchSettings", "Batcher", "Run"]
+__all__ = ["BatchSettings", "Batcher", "Run", "rows_of"]
 
 Run = Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
 """Runs a model: ``{input name: array [N, ...]}`` to ``{output name: array [N, ...]}``."""
@@ -110,7 +110,7 @@ class Batcher:
             ValueError: more rows than ``max_batch_size``.
             Exception: whatever ``run`` raises on this request's rows alone.
         """
-        request = _Request(feeds, _rows(feeds))
+        request = _Request(feeds, rows_of(feeds))
         if request.rows > self.settings.max_batch_size:
             raise ValueError(
                 f"a request of {request.rows} rows exceeds max_batch_size "
@@ -194,8 +194,9 @@ class Batcher:
             request.answer(outputs)
 
 
-def _rows(feeds: Mapping[str, np.ndarray]) -> int:
-    return next(iter(feeds.values())).shape[0]
+def rows_of(feeds: Mapping[str, np.ndarray]) -> int:
+    """The rows (events) of a request: the first axis of its inputs (1 for scalars)."""
+    return max((a.shape[0] if a.ndim else 1 for a in feeds.values()), default=0)
 
 
 def _concatenate(requests: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:

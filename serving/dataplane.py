@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from serving.batcher import BatchSettings
+from serving.batcher import BatchSettings, rows_of
 from serving.datatypes import jsonable
 from serving.errors import (
     BadRequestError,
@@ -233,11 +233,11 @@ class DataPlane:
         start = time.perf_counter()
         try:
             feeds = feeds_of()
-            rows = _rows(feeds)
+            rows = rows_of(feeds)
             settings = self._batching(model, batch_settings(self._check_rows(model, rows)))
             names = model.output_names(outputs)
             if settings is None:
-                arrays = self._execute(model, feeds, names, batched=False)
+                arrays = self._execute(model, feeds, names)
             else:
                 arrays = self._batched(model, settings, feeds, names)
         except BadRequestError:
@@ -262,7 +262,7 @@ class DataPlane:
     ) -> dict[str, np.ndarray]:
         """Run checked feeds in the model's batcher: the outputs ``names``."""
         batcher = model.batcher(
-            settings, lambda batch: self._execute(model, batch, None, batched=True)
+            settings, lambda batch: self._execute(model, batch, None, batch_rows=rows_of(batch))
         )
         arrays, queued = batcher.infer(feeds)
         self.metrics.observe_queue(model.name, model.version, queued)
@@ -274,14 +274,12 @@ class DataPlane:
         feeds: Mapping[str, np.ndarray],
         names: list[str] | None,
         *,
-        batched: bool,
+        batch_rows: int | None = None,
     ) -> dict[str, np.ndarray]:
-        """One onnxruntime run, counted as an execution (by batch size when ``batched``)."""
+        """One onnxruntime run, counted as an execution (a batcher's by its ``batch_rows``)."""
         start = time.perf_counter()
         arrays = model.run(feeds, names)
-        self.metrics.observe_execution(
-            model.name, model.version, _rows(feeds), _since(start), batched
-        )
+        self.metrics.observe_execution(model.name, model.version, _since(start), batch_rows)
         return arrays
 
     def _check_rows(self, model: Model, rows: int) -> ModelConfig:
@@ -294,11 +292,6 @@ class DataPlane:
                 f"max_batch_size {config.max_batch_size} per request (its config.pbtxt)"
             )
         return config
-
-
-def _rows(feeds: Mapping[str, np.ndarray]) -> int:
-    """The rows (events) of a request: the first axis of its inputs (1 for scalars)."""
-    return max((a.shape[0] if a.ndim else 1 for a in feeds.values()), default=0)
 
 
 def _since(start: float) -> float:

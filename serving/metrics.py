@@ -175,12 +175,12 @@ class Metrics:
             counted_rows.inc(rows)
 
     def observe_execution(
-        self, model: str, version: int, rows: int, seconds: float, batched: bool
+        self, model: str, version: int, seconds: float, batch_rows: int | None
     ) -> None:
-        """Record one model run of ``rows`` rows; a batcher's (``batched``) also by size."""
+        """Record one model run; a batcher's (``batch_rows`` rows) also by batch size."""
         self._child(self.model_executions, model, str(version)).inc()
-        if batched:
-            self._child(self.model_batches, model, str(version), str(rows)).observe(seconds)
+        if batch_rows is not None:
+            self._child(self.model_batches, model, str(version), str(batch_rows)).observe(seconds)
 
     def observe_queue(self, model: str, version: int, seconds: float) -> None:
         """Record the time one request waited in the model's batcher."""
