@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from rootstream import __version__
 from rootstream.chunks import DEFAULT_STEP_SIZE
 from rootstream.config import TOKEN_VARIABLE
-from rootstream.errors import RootStreamError
+from rootstream.errors import InvalidArgumentError, RootStreamError
 from rootstream.vocabulary import TASKS
 
 if TYPE_CHECKING:
@@ -208,7 +208,7 @@ def _labelled(files: list[str], labels: list[Any] | None) -> list[str] | dict[st
     if labels is None:
         return files
     if len(labels) != len(files):
-        raise ValueError(f"--labels gives {len(labels)} labels for {len(files)} files")
+        raise InvalidArgumentError(f"--labels gives {len(labels)} labels for {len(files)} files")
     return dict(zip(files, labels, strict=True))
 
 

@@ -47,6 +47,13 @@ def test_errors_are_one_line_and_exit_nonzero(tmp_path, capsys):
         main(["--traceback", "stats", str(tmp_path / "missing.root"), "--features", "x", "-o", "s"])
 
 
+def test_stats_refuses_labels_that_do_not_match_the_files(hzz, tmp_path, capsys):
+    command = ["stats", hzz, hzz, "--tree", "events", "--features", "MET_px", "--labels", "1"]
+    assert main([*command, "-o", str(tmp_path / "s.json")]) == 1
+    assert "--labels gives 1 labels for 2 files" in capsys.readouterr().err
+    assert not (tmp_path / "s.json").exists()
+
+
 def test_inspect_lists_trees_kinds_and_jagged_lengths(hzz, capsys):
     assert main(["inspect", hzz]) == 0
     out = capsys.readouterr().out
