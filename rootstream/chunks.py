@@ -18,6 +18,7 @@ __all__ = [
     "DEFAULT_STEP_SIZE",
     "GRID",
     "Chunk",
+    "Located",
     "SelectionIndex",
     "SourceInfo",
     "memory_size",
@@ -36,6 +37,16 @@ class Chunk(NamedTuple):
     def num_entries(self) -> int:
         """Entries in the chunk."""
         return self.stop - self.start
+
+
+class Located(NamedTuple):
+    """Where a piece's events are: selected events ``[first, stop)`` of the entries that
+    ``chunk`` holds, then (when not None) rows ``take`` of those, in that order."""
+
+    chunk: Chunk
+    first: int
+    stop: int
+    take: np.ndarray | None
 
 
 # Read granularity: about 100k events of a 35-branch NanoAOD-like selection, enough to keep
@@ -101,6 +112,10 @@ class SelectionIndex:
         entry_stop = min(chunk.start + high * GRID, chunk.stop)
         skip = int(running[low])
         return Chunk(chunk.source, chunk.start + low * GRID, entry_stop), first - skip, stop - skip
+
+    def locate(self, index: int, first: int, stop: int) -> Located:
+        """Where selected events ``[first, stop)`` of chunk ``index`` are (nothing to take)."""
+        return Located(*self.entries(index, first, stop), None)
 
 
 @dataclass(frozen=True)

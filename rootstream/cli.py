@@ -15,7 +15,7 @@ from rootstream import __version__
 from rootstream.chunks import DEFAULT_STEP_SIZE
 from rootstream.config import TOKEN_VARIABLE
 from rootstream.errors import InvalidArgumentError, RootStreamError
-from rootstream.vocabulary import TASKS
+from rootstream.vocabulary import BALANCES, TASKS
 
 if TYPE_CHECKING:
     from rootstream.stats import Stats
@@ -136,6 +136,9 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--task", choices=TASKS)
     train.add_argument(
         "--reweight", type=_yaml_value, help="a YAML mapping (the config's reweight key)"
+    )
+    train.add_argument(
+        "--balance", choices=BALANCES, help="equal classes each epoch (validation: never)"
     )
     train.add_argument(
         "--max-length", type=_yaml_value, help="an int or a YAML mapping, e.g. '{Jet_*: 4}'"

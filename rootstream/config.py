@@ -16,7 +16,7 @@ from typing import Any
 from rootstream.chunks import DEFAULT_STEP_SIZE
 from rootstream.errors import ConfigError, InvalidArgumentError, close_matches
 from rootstream.options import ReadOptions
-from rootstream.vocabulary import NORMALIZATIONS, TASKS
+from rootstream.vocabulary import BALANCES, NORMALIZATIONS, TASKS
 
 __all__ = ["TOKEN_VARIABLE", "TrainConfig", "load_config"]
 
@@ -37,6 +37,7 @@ class TrainConfig:
     weight: str | None = None
     cut: str | None = None
     reweight: dict[str, Any] | None = None
+    balance: str | None = None
     task: str | None = None
     max_length: int | dict[str, int] | None = None
     normalize: str | None = "standard"
@@ -144,6 +145,7 @@ RULES: dict[str, tuple[Check, str]] = {
         _optional(lambda v: isinstance(v, Mapping)),
         "a mapping {variables: [...], bins: [[edges], ...], method: flat|ref, ...}",
     ),
+    "balance": (_optional(lambda v: v in BALANCES), "'undersample', 'oversample' or null"),
     "task": (_optional(lambda v: v in TASKS), f"one of {list(TASKS)} (or omit: inferred)"),
     "max_length": (_optional(_max_length), "a positive int or a mapping {branch-or-glob: int}"),
     "normalize": (lambda v: v in NORMALIZATIONS, "'standard', 'minmax', 'robust' or null"),

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch.utils.data import IterableDataset
 
+from rootstream.balance import ChunkClasses, check_balance
 from rootstream.cache import DEFAULT_CACHE_LIMIT
 from rootstream.chunks import DEFAULT_STEP_SIZE
 from rootstream.errors import InvalidArgumentError
@@ -50,6 +51,11 @@ class RootIterableDataset(IterableDataset):
             multiply ``"w"`` by the factor that makes each class flat in the variables (or
             shaped like the reference class), from histograms in the statistics (see
             docs/dataset.md, "Reweighting"). Needs class labels.
+        balance: ``"undersample"`` (each epoch keeps, of every class, as many events as
+            the smallest class has, a (seed, epoch)-dependent subset), ``"oversample"``
+            (repeats events of the smaller classes up to the largest) or None. The
+            validation part of a split is never resampled (see docs/dataset.md,
+            "Balancing classes").
         max_length: padded length of jagged features: an int, or ``{name_or_glob: int}``.
             Unset lengths are the 95% quantile of the feature's lengths in the statistics.
         normalize: ``"standard"``, ``"minmax"``, ``"robust"`` (median, and half the
@@ -95,6 +101,7 @@ class RootIterableDataset(IterableDataset):
         weight: str | None = None,
         cut: str | None = None,
         reweight: Mapping[str, Any] | None = None,
+        balance: str | None = None,
         max_length: int | Mapping[str, int] | None = None,
         normalize: str | None = "standard",
         stats: Stats | str | os.PathLike | None = None,
@@ -141,6 +148,9 @@ class RootIterableDataset(IterableDataset):
         self._spec = self._build_spec()
         self._reweighting = self._build_reweighting()
         self._selection = self._reader.selection_index(skipped=self._skip_list)
+        check_balance(balance, self.task)
+        self._balance = balance
+        self._classes = self._count_classes()
         self._stream: EpochStream | None = None
         self._resume: dict[str, Any] | None = None
 
@@ -211,6 +221,19 @@ class RootIterableDataset(IterableDataset):
             groups=self._groups,
         )
 
+    @property
+    def balance(self) -> str | None:
+        """``"undersample"``, ``"oversample"`` or None (see the class's doc)."""
+        return self._balance
+
+    def _count_classes(self) -> ChunkClasses | None:
+        """The class of each selected event, when balancing plans epochs from them."""
+        if self._balance is None:
+            return None
+        classes = self._reader.chunk_classes(self._selection, skipped=self._skip_list)
+        classes.check_balanceable(self._balance)
+        return classes
+
     def _build_reweighting(self) -> Reweighting | None:
         reweight = self._reader.options.reweight
         if reweight is None:
@@ -262,8 +285,8 @@ class RootIterableDataset(IterableDataset):
         Each event's part is decided by a hash of (file, tree, entry, seed): it does not
         change with epochs, workers or shuffling. Both parts keep this dataset's
         statistics and preprocessing, so they are normalized and padded alike. The test
-        part is neither shuffled nor evened out (every one of its events is yielded once);
-        set its ``shuffle`` or ``even_batches`` to ask otherwise.
+        part is neither shuffled, evened out nor balanced (every one of its events is
+        yielded once); set its ``shuffle`` or ``even_batches`` to ask otherwise.
         """
         if not 0 < test_size < 1:
             raise InvalidArgumentError(f"test_size must be between 0 and 1, not {test_size}")
@@ -278,8 +301,9 @@ class RootIterableDataset(IterableDataset):
         part._resume, part._stream, part.skipped = None, None, []
         part._epoch = _shared_epoch(self.epoch)
         if split.part == "test":
-            part.shuffle, part.even_batches = False, False
+            part.shuffle, part.even_batches, part._balance = False, False, None
         part._selection = part._reader.selection_index(skipped=part._skip_list)
+        part._classes = part._count_classes()
         return part
 
     def _refuse_skip_with_even_batches(self) -> None:
@@ -342,6 +366,8 @@ class RootIterableDataset(IterableDataset):
             shuffle_chunks=self.shuffle_chunks,
             even=self._even,
             reweighting=self._reweighting,
+            balance=self._balance,
+            classes=self._classes,
         )
 
     @property

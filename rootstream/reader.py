@@ -15,7 +15,7 @@ import bisect
 import copy
 import logging
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import numpy as np
 from tqdm import tqdm
 
+from rootstream.balance import ChunkClasses
 from rootstream.cache import CacheKey, open_cache
 from rootstream.chunks import SelectionIndex, plan_chunks
 from rootstream.cpus import available_cpus
@@ -89,6 +90,26 @@ class Block:
             w=None if self.w is None else self.w[first:stop],
             variables=None if self.variables is None else self.variables[first:stop],
         )
+
+    def take(self, rows: np.ndarray) -> Block:
+        """Events ``rows`` of the block, in that order (an event may be taken twice)."""
+        return Block(
+            columns={k: take_rows(c, rows) for k, c in self.columns.items()},
+            y=None if self.y is None else self.y[rows],
+            w=None if self.w is None else self.w[rows],
+            variables=None if self.variables is None else self.variables[rows],
+        )
+
+
+def take_rows(column: Column, rows: np.ndarray) -> Column:
+    """Events ``rows`` of a column, in that order."""
+    if not isinstance(column, Jagged):
+        return column[rows]
+    counts = column.counts[rows]
+    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    shift = np.repeat(column.offsets[rows] - offsets[:-1], counts)
+    return Jagged(offsets, column.content[np.arange(offsets[-1]) + shift])
 
 
 def slice_rows(column: Column, first: int, stop: int | None) -> Column:
@@ -331,27 +352,72 @@ class EventReader:
         """
         if not self.cut and self.split is None:
             return SelectionIndex(self.chunks, None)
-        running = []
+        passes = self._selected(self._cut, skipped, "counting", progress)
+        return SelectionIndex(self.chunks, [SelectionIndex.running_count(k) for k, _ in passes])
+
+    def chunk_classes(
+        self,
+        selection: SelectionIndex,
+        *,
+        skipped: list[dict[str, Any]] | None = None,
+        progress: bool | None = None,
+    ) -> ChunkClasses:
+        """The class of every selected event of every chunk (what balancing plans from).
+
+        Labels given per file need no reading; a label branch is read (with the cut).
+        """
+        label = self.options.label
+        if label is None:
+            labels = [self._labels(self.sources[c.source], {}, 1)[0] for c in self.chunks]
+            return ChunkClasses.of(labels, selection.counts)
+        per_chunk = []
+        passes = self._selected([label, *self._cut], skipped, "counting classes", progress)
+        for chunk, (keep, columns) in zip(self.chunks, passes, strict=True):
+            source, n = self.sources[chunk.source], int(keep.sum())
+            if columns is None:
+                per_chunk.append(np.zeros(0))
+                continue
+            entries = np.arange(chunk.start, chunk.stop)[keep]
+            column = self._finite(select(columns[label], keep), label, source, entries)
+            per_chunk.append(self._labels(source, {label: column}, n))
+        return ChunkClasses.of(per_chunk, [len(y) for y in per_chunk])
+
+    @property
+    def _cut(self) -> list[str]:
+        return [self.cut] if self.cut else []
+
+    def _selected(
+        self,
+        expressions: list[str],
+        skipped: list[dict[str, Any]] | None,
+        desc: str,
+        progress: bool | None,
+    ) -> Iterator[tuple[np.ndarray, dict[str, Column] | None]]:
+        """For every chunk of the plan: which entries are selected, and the ``expressions``
+        read for it (None: unreadable, skipped, nothing selected). A progress bar shows
+        while something is read."""
         with (
             TreeCache(self.sources) as trees,
             tqdm(
                 total=self.num_entries,
                 unit=" events",
-                desc="counting",
+                desc=desc,
                 leave=False,
-                disable=not self.cut or (None if progress is None else not progress),
+                disable=not expressions or (None if progress is None else not progress),
             ) as bar,
         ):
             for chunk in self.chunks:
                 entries = np.arange(chunk.start, chunk.stop)
-                columns = self._read_columns(chunk, trees, [self.cut], skipped) if self.cut else {}
+                columns = (
+                    self._read_columns(chunk, trees, expressions, skipped) if expressions else {}
+                )
                 if columns is None:
                     keep = np.zeros(len(entries), dtype=bool)
                 else:
                     keep = self._selection(chunk.source, columns, entries)
-                running.append(SelectionIndex.running_count(keep))
+                    keep = np.ones(len(entries), dtype=bool) if keep is None else keep
                 bar.update(chunk.num_entries)
-        return SelectionIndex(self.chunks, running)
+                yield keep, columns
 
     def _read_columns(
         self,

@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import get_worker_info
 from tqdm import tqdm
 
+from rootstream.balance import BalancedSelection, ChunkClasses
 from rootstream.chunks import SelectionIndex
 from rootstream.prefetch import prefetch
 from rootstream.preprocess import Jagged, Spec, assemble
@@ -48,6 +49,8 @@ class StreamOptions:
     shuffle_chunks: int
     even: bool
     reweighting: Reweighting | None = None
+    balance: str | None = None
+    classes: ChunkClasses | None = None  # of the selected events, when balancing
 
 
 def fresh_position(shard: int, num_shards: int, epoch: int) -> dict[str, Any]:
@@ -74,7 +77,16 @@ class EpochStream:
         position: dict[str, Any],
         skipped: list[dict[str, Any]] | None,
     ) -> None:
-        self.reader, self.spec, self.selection = reader, spec, selection
+        self.reader, self.spec = reader, spec
+        self.selection: SelectionIndex | BalancedSelection = selection
+        if options.balance is not None and options.classes is not None:
+            self.selection = BalancedSelection(
+                selection,
+                options.classes,
+                options.balance,
+                seed=options.seed,
+                epoch=position["epoch"],
+            )
         self.options, self.shard, self.position = options, shard, position
         self.skipped = skipped
 
@@ -154,10 +166,13 @@ class EpochStream:
         ):
             for window in windows:
                 for piece in window:
-                    chunk, first, stop = self.selection.entries(*piece)
+                    chunk, first, stop, take = self.selection.locate(*piece)
                     block = self.reader.read(chunk, trees, skipped=self.skipped)
                     bar.update(piece.stop - piece.first)
-                    yield None if block is None else block.rows(first, stop)
+                    if block is not None:
+                        block = block.rows(first, stop)
+                        block = block if take is None else block.take(take)
+                    yield block
 
     def _filling_bar(self, windows: list[list[Piece]]) -> tqdm:
         """A progress bar (on a terminal, in the main process) while a cache is being filled."""

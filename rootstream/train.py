@@ -100,6 +100,7 @@ def make_datasets(config: TrainConfig) -> tuple[RootIterableDataset, RootIterabl
         config.files,
         config.features,
         **config.read_options.keywords(),
+        balance=config.balance,
         max_length=config.max_length,
         normalize=config.normalize,
         batch_size=config.batch_size,

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-__all__ = ["NORMALIZATIONS", "TASKS"]
+__all__ = ["BALANCES", "NORMALIZATIONS", "TASKS"]
 
 TASKS = ("binary", "multiclass", "regression")
 NORMALIZATIONS = ("standard", "minmax", "robust", None)
+BALANCES = ("undersample", "oversample")
