@@ -6,11 +6,16 @@ sessions, with the machine's CPUs shared among them for intra-op threads. The wo
 are sync (one request at a time), or threaded (``gthread``) with ``--threads`` above 1,
 so that a model's dynamic batcher in each worker sees concurrent requests.
 
-With ``--grpc-port``, every one of these processes also runs a gRPC server
-(:mod:`serving.grpcserver`) on that port, on top of the same app: the main process
-reserves the port first (bound, not listening, so no other program takes it), and the
-servers join it with ``SO_REUSEPORT``. No process is added: the gRPC servers stop with
-the processes that run them.
+Sync workers share one listening socket: a worker takes a connection when it is free.
+Threaded workers keep connections alive, and on a shared socket whichever woke first
+accepted them (32 landed 1/31 on two workers as often as 16/16): they listen each on a
+socket of its own, joined with ``SO_REUSEPORT`` (gunicorn's ``reuse_port``), so that the
+kernel spreads the connections evenly. The main process reserves such a port first (bound,
+not listening, so no other program takes it, and ``--port 0`` is one port for all). With
+``--grpc-port``, every one of these processes also runs a gRPC server
+(:mod:`serving.grpcserver`) on that port, on top of the same app, joined to a port
+reserved the same way. No process is added: the gRPC servers stop with the processes that
+run them.
 """
 
 from __future__ import annotations
@@ -92,34 +97,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         serial=args.workers > 1 and args.threads == 1,  # gunicorn sync workers
     )
     ModelStore(config.models).clean()
-    reservation = None if args.grpc_port is None else _reserve_port(args.host, args.grpc_port)
-    grpc_address = None if reservation is None else _address(args.host, reservation)
+    reservations = []  # the ports the processes join with SO_REUSEPORT, held until the end
     try:
+        grpc_address = None
+        if args.grpc_port is not None:
+            reservations.append(_reserve_port(args.host, args.grpc_port, "--grpc-port"))
+            grpc_address = _address(args.host, reservations[-1])
         if args.workers > 1:
-            _serve_gunicorn(
-                config, args.host, args.port, (args.workers, args.threads), grpc_address
-            )
+            port = args.port
+            if args.threads > 1:  # a listening socket per worker (SO_REUSEPORT)
+                reservations.append(_reserve_port(args.host, args.port, "--port"))
+                port = reservations[-1].getsockname()[1]
+            _serve_gunicorn(config, args.host, port, (args.workers, args.threads), grpc_address)
         else:
             _serve_werkzeug(config, args.host, args.port, grpc_address)
     finally:
-        if reservation is not None:
+        for reservation in reservations:
             reservation.close()
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 
 
-def _reserve_port(host: str, port: int) -> socket.socket:
+def _reserve_port(host: str, port: int, option: str) -> socket.socket:
     """A socket bound to ``host:port`` (port 0: a free one), not listening: bound without
     ``SO_REUSEPORT``, so the port is free of any other socket, then given it, so that the
-    gRPC servers of this server's processes can bind the port too."""
+    servers of this server's processes can bind the port too (``option`` names it in
+    errors)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     reservation = socket.socket(family, socket.SOCK_STREAM)
     try:
         reservation.bind((host, port))
     except OSError as err:
         reservation.close()
-        raise SystemExit(f"rootstream-serve: error: cannot use --grpc-port {port}: {err}") from None
+        raise SystemExit(f"rootstream-serve: error: cannot use {option} {port}: {err}") from None
     reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     return reservation
 
@@ -180,7 +191,8 @@ def _start_grpc(app: Any, address: str) -> Any:
 def _serve_gunicorn(
     config: Any, host: str, port: int, concurrency: tuple[int, int], grpc_address: str | None
 ) -> None:
-    """Serve with gunicorn: ``concurrency`` is (worker processes, threads per worker)."""
+    """Serve with gunicorn: ``concurrency`` is (worker processes, threads per worker); with
+    threads, ``port`` is reserved and each worker listens on it with a socket of its own."""
     workers, threads = concurrency
     from gunicorn.app.base import BaseApplication
     from prometheus_client import multiprocess
@@ -201,6 +213,7 @@ def _serve_gunicorn(
 
     options = {
         "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+        "reuse_port": threads > 1,  # a listening socket per worker: the kernel spreads them
         "workers": workers,
         # concurrent requests in a worker, so that its batchers can merge them
         "worker_class": "gthread" if threads > 1 else "sync",

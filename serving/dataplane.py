@@ -31,9 +31,9 @@ from serving.errors import (
     ModelUnavailableError,
 )
 from serving.metrics import Metrics, ModelStatistics
-from serving.modelconfig import PLATFORM, batch_settings
-from serving.runtime import Model, ModelCache
-from serving.store import ModelStore
+from serving.modelconfig import PLATFORM
+from serving.runtime import Configuration, Model, ModelCache
+from serving.store import ModelFile, ModelStore
 
 if TYPE_CHECKING:
     from tritonclient.grpc.model_config_pb2 import ModelConfig
@@ -65,14 +65,18 @@ class DataPlane:
 
     def model(self, name: str, version: int | None = None) -> Model:
         """The loaded model version (the latest when ``version`` is None)."""
-        model_file = self.store.get(name, version)
+        return self._load(self.store.get(name, version), version)[0]
+
+    def _load(self, model_file: ModelFile, version: int | None) -> tuple[Model, ModelFile]:
+        """The loaded model of a listed version (``version`` as asked), and the listing."""
         try:
-            return self.cache.get(model_file)
+            return self.cache.get(model_file), model_file
         except Exception:
             if os.path.exists(model_file.path):
                 raise
         # deleted between the lookup and the load: look again
-        return self.cache.get(self.store.get(name, version))
+        model_file = self.store.get(model_file.name, version)
+        return self.cache.get(model_file), model_file
 
     def list(self) -> dict[str, Any]:
         models = []
@@ -115,11 +119,12 @@ class DataPlane:
                 'send exactly one of "inputs" (ready rows) or "events" (raw events)'
                 + (f"; unknown fields {unknown}" if unknown else "")
             )
-        model = self.model(name, version)
+        model, model_file = self._load(self.store.get(name, version), version)
         if given[0] == "inputs":
-            arrays = self._run(model, lambda: model.feeds_from_inputs(body["inputs"]))
+            feeds_of = functools.partial(model.feeds_from_inputs, body["inputs"])
         else:
-            arrays = self._run(model, lambda: model.feeds_from_events(body["events"]))
+            feeds_of = functools.partial(model.feeds_from_events, body["events"])
+        arrays = self._run(model, model_file, feeds_of)
         outputs = {k: jsonable(v) for k, v in arrays.items()}
         answer = next(iter(outputs.values())) if len(outputs) == 1 else outputs
         return {"outputs": answer, "model": name, "version": model.version}
@@ -148,14 +153,18 @@ class DataPlane:
     def available_model(self, name: str, version: int | None = None) -> Model:
         """The loaded model version, unless the model was unloaded or its configuration is
         invalid (then a 503)."""
+        return self._available(name, version)[0]
+
+    def _available(self, name: str, version: int | None) -> tuple[Model, ModelFile]:
+        """:meth:`available_model`, and its listing."""
         model_file = self.store.get(name, version)
-        if self.store.is_unloaded(name):
+        if model_file.unloaded:
             raise ModelUnavailableError(
                 f"model {name!r} is unloaded; load it with POST /v2/repository/models/{name}/load"
             )
-        model = self.model(name, model_file.version)
-        self._configuration(model)
-        return model
+        model, model_file = self._load(model_file, model_file.version)
+        self._configuration(model, model_file)
+        return model, model_file
 
     def metadata(self, name: str, version: int | None = None) -> dict[str, Any]:
         """The model's Open Inference Protocol metadata: versions, platform, tensors."""
@@ -170,14 +179,12 @@ class DataPlane:
 
     def config(self, name: str, version: int | None = None) -> ModelConfig:
         """The model's Triton configuration: its ``config.pbtxt`` completed, or derived."""
-        return self._configuration(self.available_model(name, version))[0]
+        return self._configuration(*self._available(name, version)).config
 
-    def _configuration(self, model: Model) -> tuple[ModelConfig, bool]:
-        """The model's configuration, and whether it is stored (only then does it limit
-        request sizes)."""
-        stored = self.store.config_file(model.name)
+    def _configuration(self, model: Model, model_file: ModelFile) -> Configuration:
+        """The model's configuration, as listed with the version."""
         try:
-            return model.config(stored), stored is not None
+            return model.configuration(model_file.config)
         except InvalidConfigError as err:
             raise ModelUnavailableError(
                 f"model {model.name!r} is unavailable: its configuration is invalid: {err.message}"
@@ -191,13 +198,13 @@ class DataPlane:
         outputs: list[str] | None = None,
     ) -> tuple[Model, dict[str, np.ndarray]]:
         """Run typed tensors through the model: the model and ``{output name: array}``."""
-        model = self.available_model(name, version)
+        model, model_file = self._available(name, version)
 
         def feeds() -> Mapping[str, np.ndarray]:
             model.check_tensors(tensors)
             return tensors
 
-        return model, self._run(model, feeds, outputs)
+        return model, self._run(model, model_file, feeds, outputs)
 
     def statistics(
         self, name: str | None = None, version: int | None = None
@@ -217,6 +224,7 @@ class DataPlane:
     def _run(
         self,
         model: Model,
+        model_file: ModelFile,
         feeds_of: Callable[[], Mapping[str, np.ndarray]],
         outputs: list[str] | None = None,
     ) -> dict[str, np.ndarray]:
@@ -227,6 +235,7 @@ class DataPlane:
 
         Args:
             model: the model version.
+            model_file: its listing (with the model's configuration file).
             feeds_of: makes the checked input arrays (raising BadRequestError).
             outputs: the outputs wanted (default: all).
         """
@@ -234,16 +243,23 @@ class DataPlane:
         try:
             feeds = feeds_of()
             rows = rows_of(feeds)
-            settings = self._batching(model, batch_settings(self._check_rows(model, rows)))
+            configuration = self._configuration(model, model_file)
+            if configuration.max_rows is not None and rows > configuration.max_rows:
+                raise BadRequestError(
+                    f"the request holds {rows} rows; model {model.name!r} takes at most "
+                    f"max_batch_size {configuration.max_rows} per request (its config.pbtxt)"
+                )
             names = model.output_names(outputs)
+            settings = self._batching(model, configuration.batching)
             if settings is None:
-                arrays = self._execute(model, feeds, names)
+                arrays = model.run(feeds, names)
             else:
                 arrays = self._batched(model, settings, feeds, names)
         except BadRequestError:
             self.metrics.observe_inference(model.name, model.version, _since(start), None)
             raise
-        self.metrics.observe_inference(model.name, model.version, _since(start), rows)
+        executions = 1 if settings is None else 0  # the batcher counts its own runs
+        self.metrics.observe_inference(model.name, model.version, _since(start), rows, executions)
         return arrays
 
     def _batching(self, model: Model, settings: BatchSettings | None) -> BatchSettings | None:
@@ -261,37 +277,19 @@ class DataPlane:
         names: list[str],
     ) -> dict[str, np.ndarray]:
         """Run checked feeds in the model's batcher: the outputs ``names``."""
-        batcher = model.batcher(
-            settings, lambda batch: self._execute(model, batch, None, batch_rows=rows_of(batch))
-        )
+        batcher = model.batcher(settings, functools.partial(self._execute_batch, model))
         arrays, queued = batcher.infer(feeds)
         self.metrics.observe_queue(model.name, model.version, queued)
         return {name: arrays[name] for name in names}
 
-    def _execute(
-        self,
-        model: Model,
-        feeds: Mapping[str, np.ndarray],
-        names: list[str] | None,
-        *,
-        batch_rows: int | None = None,
+    def _execute_batch(
+        self, model: Model, batch: Mapping[str, np.ndarray]
     ) -> dict[str, np.ndarray]:
-        """One onnxruntime run, counted as an execution (a batcher's by its ``batch_rows``)."""
+        """One onnxruntime run of the batcher, counted by its rows."""
         start = time.perf_counter()
-        arrays = model.run(feeds, names)
-        self.metrics.observe_execution(model.name, model.version, _since(start), batch_rows)
+        arrays = model.run(batch)
+        self.metrics.observe_batch(model.name, model.version, _since(start), rows_of(batch))
         return arrays
-
-    def _check_rows(self, model: Model, rows: int) -> ModelConfig:
-        """The model's configuration, once the request's rows are within its stored
-        ``max_batch_size``."""
-        config, stored = self._configuration(model)
-        if stored and 0 < config.max_batch_size < rows:
-            raise BadRequestError(
-                f"the request holds {rows} rows; model {model.name!r} takes at most "
-                f"max_batch_size {config.max_batch_size} per request (its config.pbtxt)"
-            )
-        return config
 
 
 def _since(start: float) -> float:

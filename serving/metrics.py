@@ -132,7 +132,7 @@ class Metrics:
             ["model", "version", "batch_size"],
             registry=values,
         )
-        self._model_children: dict[tuple[str, int, bool], tuple[Any, Any]] = {}
+        self._model_children: dict[tuple[str, int, bool], tuple[Any, Any, Any]] = {}
         self._labelled: dict[tuple[int, tuple[str, ...]], Any] = {}
 
     def observe(
@@ -158,8 +158,12 @@ class Metrics:
             self._models_loaded = models_loaded
             self.models_loaded.set(models_loaded)
 
-    def observe_inference(self, model: str, version: int, seconds: float, rows: int | None) -> None:
-        """Record one request to a model version: ``rows`` inferred, or None when it failed."""
+    def observe_inference(
+        self, model: str, version: int, seconds: float, rows: int | None, executions: int = 0
+    ) -> None:
+        """Record one request to a model version: ``rows`` inferred, or None when it failed,
+        in ``executions`` model runs of its own (0 for a batched one: the batch's run is
+        counted by :meth:`observe_batch`)."""
         key = (model, version, rows is not None)
         children = self._model_children.get(key)
         if children is None:  # resolve the labels once per (model, version, outcome)
@@ -167,20 +171,20 @@ class Metrics:
             children = (
                 self.model_durations.labels(model, str(version), outcome),
                 self.model_rows.labels(model, str(version)),
+                self.model_executions.labels(model, str(version)),
             )
             self._model_children[key] = children
-        duration, counted_rows = children
+        duration, counted_rows, counted_executions = children
         duration.observe(seconds)
         if rows is not None:
             counted_rows.inc(rows)
+        if executions:
+            counted_executions.inc(executions)
 
-    def observe_execution(
-        self, model: str, version: int, seconds: float, batch_rows: int | None
-    ) -> None:
-        """Record one model run; a batcher's (``batch_rows`` rows) also by batch size."""
+    def observe_batch(self, model: str, version: int, seconds: float, rows: int) -> None:
+        """Record one model run of the batcher, of ``rows`` rows."""
         self._child(self.model_executions, model, str(version)).inc()
-        if batch_rows is not None:
-            self._child(self.model_batches, model, str(version), str(batch_rows)).observe(seconds)
+        self._child(self.model_batches, model, str(version), str(rows)).observe(seconds)
 
     def observe_queue(self, model: str, version: int, seconds: float) -> None:
         """Record the time one request waited in the model's batcher."""

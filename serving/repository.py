@@ -87,8 +87,9 @@ class Repository:
             model = self.cache.get(self.store.get(name))
             complete_config(parsed, name, model.inputs, model.outputs, source=LOAD_CONFIG)
             self.store.write_config(name, config_as_text(parsed))
-        model = self.cache.get(self.store.get(name))
-        model.config(self.store.config_file(name))  # raises when config.pbtxt is invalid
+        self.store.reload(name)  # every process reads config.pbtxt again, even if edited in place
+        model_file = self.store.get(name)
+        self.cache.get(model_file).configuration(model_file.config)  # raises when it is invalid
         self.store.set_unloaded(name, False)
 
     def unload(self, name: str) -> None:

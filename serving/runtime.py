@@ -27,13 +27,13 @@ from rootstream.preprocess import assemble, columns_from_events
 from serving.batcher import Batcher, BatchSettings, Run
 from serving.datatypes import ONNX_DATATYPES, ONNX_DTYPES
 from serving.errors import BadRequestError, InvalidModelError
-from serving.modelconfig import complete_config, derive_config, read_config
+from serving.modelconfig import batch_settings, complete_config, derive_config, read_config
 from serving.store import ConfigFile, ModelFile
 
 if TYPE_CHECKING:
     from tritonclient.grpc.model_config_pb2 import ModelConfig
 
-__all__ = ["Model", "ModelCache", "TensorInfo", "signature"]
+__all__ = ["Configuration", "Model", "ModelCache", "TensorInfo", "signature"]
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,22 @@ class TensorInfo:
         }
 
 
+@dataclass(frozen=True)
+class Configuration:
+    """A model's configuration, and what its requests need of it.
+
+    Attributes:
+        config: the stored ``config.pbtxt`` completed, or the derived configuration.
+        max_rows: the most rows one request may hold: the stored ``max_batch_size`` (None:
+            any, without ``config.pbtxt`` or with ``max_batch_size: 0``).
+        batching: the dynamic batcher's settings; None when requests run as they come.
+    """
+
+    config: ModelConfig
+    max_rows: int | None
+    batching: BatchSettings | None
+
+
 def _session(path: str | os.PathLike, threads: int) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -114,12 +130,13 @@ class Model:
         metadata = self.session.get_modelmeta().custom_metadata_map
         self.spec: ModelSpec | None = ModelSpec.from_metadata(metadata)
         self._output_names = [o.name for o in self.outputs]
-        self._config: tuple[tuple | None, ModelConfig] | None = None  # (file identity, config)
+        self._configuration: tuple[tuple | None, Configuration] | None = None  # file identity
         self._batcher: Batcher | None = None
         self._batcher_lock = threading.Lock()
 
-    def config(self, stored: ConfigFile | None) -> ModelConfig:
-        """The model's configuration: the stored file checked and completed, else derived.
+    def configuration(self, stored: ConfigFile | None) -> Configuration:
+        """The model's configuration: the stored file checked and completed, else derived;
+        parsed once for each version of the file.
 
         Args:
             stored: the model's ``config.pbtxt`` (None when it has none).
@@ -129,7 +146,7 @@ class Model:
                 message names the file and the field.
         """
         identity = None if stored is None else stored.identity
-        cached = self._config
+        cached = self._configuration
         if cached is not None and cached[0] == identity:
             return cached[1]
         if stored is None:
@@ -139,8 +156,10 @@ class Model:
             config = complete_config(
                 parsed, self.name, self.inputs, self.outputs, source=stored.path
             )
-        self._config = (identity, config)
-        return config
+        limit = config.max_batch_size if stored is not None and config.max_batch_size else None
+        configuration = Configuration(config, limit, batch_settings(config))
+        self._configuration = (identity, configuration)
+        return configuration
 
     def describe(self) -> dict[str, Any]:
         """Inputs, outputs and the spec summary (None without rootstream metadata)."""

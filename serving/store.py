@@ -12,7 +12,10 @@ is no version number), then renamed to its version number in one step; a deletio
 renames the version (or the model) out of sight before removing it. A crash therefore
 leaves the old state or the new one, plus hidden leftovers that :meth:`ModelStore.clean`
 removes. Every lookup checks the model directory (one ``stat``, and a ``scandir`` when
-it changed), so each server process sees the uploads and deletions of all others at once.
+it changed), so each server process sees the uploads and deletions of all others at once;
+the listing also gives the model's ``config.pbtxt`` and unloaded state, so a request needs
+no other look at the disk. A ``config.pbtxt`` rewritten in place (which leaves the
+directory as it was) is seen once the model is loaded again (:meth:`ModelStore.reload`).
 """
 
 from __future__ import annotations
@@ -60,20 +63,35 @@ UNLOADED = ".unloaded"  # marker file in a model directory: the model is unloade
 _SETTLED_NS = 1_000_000_000
 
 
-class ModelFile(NamedTuple):
-    """One stored version; ``identity`` (inode, mtime of its directory) is new for every upload."""
-
-    name: str
-    version: int
-    path: str
-    identity: tuple[int, int]
-
-
 class ConfigFile(NamedTuple):
     """A model's stored configuration; ``identity`` (inode, mtime, size) is new for every write."""
 
     path: str
     identity: tuple[int, int, int]
+
+
+class ModelFile(NamedTuple):
+    """One stored version as listed; ``identity`` (inode, mtime of its directory) is new for
+    every upload. ``config`` and ``unloaded`` are its model's at the listing."""
+
+    name: str
+    version: int
+    path: str
+    identity: tuple[int, int]
+    config: ConfigFile | None = None
+    unloaded: bool = False
+
+
+class _Listing(NamedTuple):
+    """A model directory as listed: its versions in ascending order, its ``config.pbtxt``,
+    and whether the model is unloaded."""
+
+    versions: dict[int, ModelFile]
+    config: ConfigFile | None
+    unloaded: bool
+
+
+_NO_LISTING = _Listing({}, None, False)
 
 
 def validate_name(name: str) -> None:
@@ -100,22 +118,22 @@ class ModelStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self._root = os.fspath(self.root)
         self.max_bytes = max_bytes
-        self._listings: dict[str, tuple[tuple[int, int], dict[int, ModelFile]]] = {}
+        self._listings: dict[str, tuple[tuple[int, int], _Listing]] = {}
 
     # ----------------------------------------------------------------- reading
     def names(self) -> list[str]:
         """The models that have at least one version, sorted."""
         with os.scandir(self.root) as entries:
             candidates = [e.name for e in entries if e.is_dir() and not e.name.startswith(".")]
-        return sorted(n for n in candidates if NAME.fullmatch(n) and self._listing(n))
+        return sorted(n for n in candidates if NAME.fullmatch(n) and self._listing(n).versions)
 
     def versions(self, name: str) -> list[int]:
         """The versions of a model, ascending; empty when there is no such model."""
         validate_name(name)
-        return list(self._listing(name))
+        return list(self._listing(name).versions)
 
-    def _listing(self, name: str) -> dict[int, ModelFile]:
-        """The versions of a model in ascending order, listed again when its directory changed.
+    def _listing(self, name: str) -> _Listing:
+        """The model's directory, listed again when it changed.
 
         A listing is reused while the directory's (inode, mtime) stay the same, and only
         once the directory has been quiet for a second: a change within the same clock
@@ -125,23 +143,33 @@ class ModelStore:
         try:
             st = os.stat(path)
         except (FileNotFoundError, NotADirectoryError):
-            return {}
+            return _NO_LISTING
         key = (st.st_ino, st.st_mtime_ns)
         cached = self._listings.get(name)
         if cached is not None and cached[0] == key:
             return cached[1]
-        listing = {}
+        versions, config, unloaded = {}, None, False
         try:
             with os.scandir(path) as entries:
                 for entry in entries:
                     if VERSION.fullmatch(entry.name):
-                        version, info = int(entry.name), entry.stat()
-                        model_path = os.path.join(entry.path, MODEL_FILE)
-                        identity = (info.st_ino, info.st_mtime_ns)
-                        listing[version] = ModelFile(name, version, model_path, identity)
+                        info = entry.stat()
+                        versions[int(entry.name)] = (entry.path, (info.st_ino, info.st_mtime_ns))
+                    elif entry.name == CONFIG_FILE:
+                        info = entry.stat()
+                        identity = (info.st_ino, info.st_mtime_ns, info.st_size)
+                        config = ConfigFile(entry.path, identity)
+                    elif entry.name == UNLOADED:
+                        unloaded = True
         except (FileNotFoundError, NotADirectoryError):
-            return {}
-        listing = dict(sorted(listing.items()))
+            return _NO_LISTING
+        files = {
+            version: ModelFile(
+                name, version, os.path.join(directory, MODEL_FILE), identity, config, unloaded
+            )
+            for version, (directory, identity) in sorted(versions.items())
+        }
+        listing = _Listing(files, config, unloaded)
         if time.time_ns() - st.st_mtime_ns > _SETTLED_NS:
             self._listings[name] = (key, listing)
         return listing
@@ -154,7 +182,7 @@ class ModelStore:
         """
         if name not in self._listings:  # names listed before were valid
             validate_name(name)
-        listing = self._listing(name)
+        listing = self._listing(name).versions
         if not listing:
             raise ModelNotFoundError(f"no model {name!r} ({close_matches(name, self.names())})")
         if version is None:
@@ -167,7 +195,7 @@ class ModelStore:
 
     def is_unloaded(self, name: str) -> bool:
         """Whether the model was unloaded (Open Inference Protocol); its files stay."""
-        return os.path.exists(f"{self._root}{os.sep}{name}{os.sep}{UNLOADED}")
+        return self._listing(name).unloaded
 
     def set_unloaded(self, name: str, unloaded: bool) -> None:
         """Mark an existing model unloaded (a marker file all processes see) or loaded."""
@@ -181,12 +209,14 @@ class ModelStore:
 
     def config_file(self, name: str) -> ConfigFile | None:
         """The model's ``config.pbtxt``, or None when it has none."""
-        path = f"{self._root}{os.sep}{name}{os.sep}{CONFIG_FILE}"
-        try:
-            st = os.stat(path)
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        return ConfigFile(path, (st.st_ino, st.st_mtime_ns, st.st_size))
+        return self._listing(name).config
+
+    def reload(self, name: str) -> None:
+        """Have every process list the model's directory again, and so read its
+        ``config.pbtxt`` afresh, even one rewritten in place: its mtime becomes now."""
+        self.get(name)
+        with contextlib.suppress(FileNotFoundError):  # deleted meanwhile: nothing to reload
+            os.utime(f"{self._root}{os.sep}{name}")
 
     # ----------------------------------------------------------------- writing
     def write_config(self, name: str, text: str) -> None:
@@ -266,7 +296,7 @@ class ModelStore:
             )
 
     def _commit(self, model_dir: Path, staging: Path) -> int:
-        version = max(self._listing(model_dir.name), default=0) + 1
+        version = max(self._listing(model_dir.name).versions, default=0) + 1
         while True:
             try:
                 os.rename(staging, model_dir / str(version))
@@ -303,7 +333,7 @@ class ModelStore:
         except FileNotFoundError:
             raise ModelNotFoundError(f"model {name!r} was deleted meanwhile") from None
         shutil.rmtree(trash, ignore_errors=True)
-        if version is not None and not self._listing(name):
+        if version is not None and not self._listing(name).versions:
             for leftover in (UNLOADED, CONFIG_FILE):
                 with contextlib.suppress(OSError):
                     os.unlink(self.root / name / leftover)

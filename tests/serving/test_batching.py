@@ -282,3 +282,35 @@ def test_sync_workers_run_batching_models_unbatched_and_say_so(tmp_path, mlp):
         np.testing.assert_allclose(answer, expected, rtol=1e-5, atol=1e-6)
     assert statistics.execution_count == statistics.inference_count == 12  # one run each
     assert 1 <= log.count("asks for dynamic batching") <= 2  # once per worker that ran it
+
+
+def test_keep_alive_connections_spread_over_the_workers(served, mlp):
+    """Each gunicorn worker listens on a socket of its own (``SO_REUSEPORT``): the kernel
+    spreads connections over them, so every worker's batcher gets requests (on a shared
+    socket whichever worker woke first took them, up to all 32)."""
+    import psutil
+
+    port = int(served.url.rsplit(":", 1)[1])
+    workers = psutil.Process(served.process.pid).children()
+    if not workers:
+        pytest.skip("werkzeug: one process, and it closes each connection (HTTP/1.0)")
+    sessions = [requests.Session() for _ in range(32)]
+    try:
+        for session in sessions:
+            answer = session.post(
+                f"{served.url}/models/plain/predict",
+                json={"inputs": rows_of(mlp, 1).tolist()},
+                timeout=LIVENESS_SECONDS,
+            )
+            assert answer.status_code == 200, answer.text
+        holding = [
+            worker.pid
+            for worker in workers
+            for conn in worker.net_connections(kind="tcp")
+            if conn.status == psutil.CONN_ESTABLISHED and conn.laddr.port == port
+        ]
+    finally:
+        for session in sessions:
+            session.close()
+    assert len(holding) == 32
+    assert len(set(holding)) == len(workers)

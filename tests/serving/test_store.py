@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
 import threading
+import time
 
 import onnx
 import pytest
@@ -120,3 +122,28 @@ def test_clean_removes_leftovers_only(tmp_path, mlp):
     store.clean()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
     assert [p.name for p in (tmp_path / "m").iterdir()] == ["1"]
+
+
+def test_every_store_sees_configs_written_or_reloaded_through_another(tmp_path, mlp):
+    writer, reader = ModelStore(tmp_path), ModelStore(tmp_path)  # two server processes
+    writer.add("m", io.BytesIO(mlp.path.read_bytes()))
+    writer.write_config("m", "max_batch_size: 8\n")
+    settled = time.time() - 10  # a directory quiet for long: its listing is reused
+    os.utime(tmp_path / "m", (settled, settled))
+    first = reader.get("m").config
+    assert first == reader.config_file("m")
+    assert first is not None
+    assert not reader.get("m").unloaded
+
+    (tmp_path / "m" / "config.pbtxt").write_text("max_batch_size: 16\n")  # in place
+    os.utime(tmp_path / "m", (settled, settled))
+    assert reader.get("m").config == first  # the directory did not change
+    writer.reload("m")
+    assert reader.get("m").config.identity != first.identity
+
+    writer.write_config("m", "max_batch_size: 4\n")
+    writer.set_unloaded("m", True)
+    listed = reader.get("m")
+    assert listed.unloaded
+    assert reader.is_unloaded("m")
+    assert (tmp_path / "m" / "config.pbtxt").stat().st_ino == listed.config.identity[0]
