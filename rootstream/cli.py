@@ -84,8 +84,8 @@ def _parser() -> argparse.ArgumentParser:
         "name",
         nargs="?",
         default="loader",
-        help="loader (default), defaults, mixing, remote, distributed, serve, or report "
-        "(all, then docs/benchmarks.md)",
+        help="loader (default), defaults, mixing, remote, distributed, cache, reweight, "
+        "balance, workers, serve, or report (all, then docs/benchmarks.md)",
     )
     _add_train(commands)
     _add_cache(commands)
