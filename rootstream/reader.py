@@ -352,7 +352,7 @@ class EventReader:
         """
         if not self.cut and self.split is None:
             return SelectionIndex(self.chunks, None)
-        passes = self._selected(self._cut, skipped, "counting", progress)
+        passes = self._selected(self._cut_expressions, skipped, "counting", progress)
         return SelectionIndex(self.chunks, [SelectionIndex.running_count(k) for k, _ in passes])
 
     def chunk_classes(
@@ -371,7 +371,9 @@ class EventReader:
             labels = [self._labels(self.sources[c.source], {}, 1)[0] for c in self.chunks]
             return ChunkClasses.of(labels, selection.counts)
         per_chunk = []
-        passes = self._selected([label, *self._cut], skipped, "counting classes", progress)
+        passes = self._selected(
+            [label, *self._cut_expressions], skipped, "counting classes", progress
+        )
         for chunk, (keep, columns) in zip(self.chunks, passes, strict=True):
             source, n = self.sources[chunk.source], int(keep.sum())
             if columns is None:
@@ -383,7 +385,7 @@ class EventReader:
         return ChunkClasses.of(per_chunk, [len(y) for y in per_chunk])
 
     @property
-    def _cut(self) -> list[str]:
+    def _cut_expressions(self) -> list[str]:
         return [self.cut] if self.cut else []
 
     def _selected(

@@ -3,8 +3,10 @@
 torch sends a tensor between processes as a shared-memory storage. Its default strategy
 (``file_descriptor``) passes one file descriptor per tensor per batch over a socket, about
 0.3 ms each way, even when all the batches of a window are views of one storage. With
-``file_system`` the storage travels by name and the receiver maps each window's storage
-once: batches then cost the training process about half as much.
+``file_system`` the storage travels by name: batches then cost the training process about
+half as much. The receiver still maps the window's storage again for each batch (through
+``torch_shm_manager``) unless it still holds the previous one: torch keeps those mappings
+only while a tensor uses them.
 
 rootstream switches a worker to ``file_system`` only in workers forked from the process
 that imported rootstream (the default on Linux): under ``spawn`` it makes every worker take
